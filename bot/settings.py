@@ -1,0 +1,118 @@
+"""One typed settings object for every part of sneakerbot.
+
+Read once from the environment (prefix ``SNEAKERBOT_``) and ``.env``. Secrets have
+no default and are never logged: ``telegram_bot_token`` is a ``SecretStr``.
+``ml/`` and ``scraper/`` never import this module: entry points pass them plain
+values, so those packages stay usable on their own.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTER_MODEL_DIR = REPO_ROOT / "models" / "starter"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with safe defaults for a local single-machine run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SNEAKERBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Path("./var")
+    model_dir: Path | None = None  # default: <data_dir>/models
+    database_url: str | None = None  # default: SQLite file under data_dir
+    starter_model_dir: Path = STARTER_MODEL_DIR
+
+    # --- ML ----------------------------------------------------------------
+    backbone: str = "efficientnet_lite0"
+    top_k: int = 3
+    # Overrides for the thresholds calibrated on val and stored with a model;
+    # None means "use the model's own".
+    sneaker_threshold: float | None = None
+    unsure_threshold: float | None = None
+    inference_threads: int = 2
+
+    # --- Telegram ----------------------------------------------------------
+    telegram_bot_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "SNEAKERBOT_TELEGRAM_BOT_TOKEN"),
+    )
+    bot_api_url: str = "https://api.telegram.org"
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    rate_limit_per_minute: int = 20
+    max_download_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    retention_days: int = 7
+    search_url_template: str = "https://www.google.com/search?tbm=shop&q={query}"
+    playground_host: str = "127.0.0.1"
+    playground_port: int = 8081
+
+    # --- scraper -----------------------------------------------------------
+    bing_url: str = "https://www.bing.com/images/search"
+    google_url: str = "https://www.google.com/search"
+    selenium_url: str | None = None
+    scraper_allow_private: bool = False
+    scraper_sources: list[str] = ["bing", "google", "google-selenium"]
+    scraper_concurrency: int = 8
+    scraper_timeout_s: float = 15.0
+    scraper_max_bytes: int = 15 * 1024 * 1024
+    scraper_min_side: int = 64
+    scraper_host_delay_s: float = 0.2
+
+    # --- learning loop -----------------------------------------------------
+    retrain_min_corrections: int = 20
+    retrain_cron_hour: int = 3
+    scrape_daily_budget: int = 200
+    memory_agree_users: int = 3
+    start_worker_in_bot: bool = True
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: object) -> object:
+        """Accept "1,2,3" as well as a JSON list, since that is how people write env vars."""
+        if isinstance(value, str):
+            return frozenset(int(part) for part in value.replace(";", ",").split(",") if part.strip())
+        if isinstance(value, int):
+            return frozenset({value})
+        return value
+
+    @cached_property
+    def models_path(self) -> Path:
+        """Directory of the model registry's files."""
+        return self.model_dir or self.data_dir / "models"
+
+    @cached_property
+    def images_path(self) -> Path:
+        """Directory of labelled images: ``images/<label>/<sha1>.jpg``."""
+        return self.data_dir / "images"
+
+    @cached_property
+    def cache_path(self) -> Path:
+        """Embedding cache and other rebuildable files."""
+        return self.data_dir / "cache"
+
+    @cached_property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL, SQLite under ``data_dir`` unless one is configured."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'sneakerbot.db').resolve()}"
+
+    def ensure_dirs(self) -> None:
+        """Create the writable directories; called by entry points, never at import."""
+        for path in (self.data_dir, self.models_path, self.images_path, self.cache_path):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build the settings; entry points call this once and pass the object down."""
+    return Settings(**overrides)

@@ -1,0 +1,195 @@
+"""The database schema. Alembic migrations under ``bot/store/migrations`` follow it.
+
+One database holds everything that must survive a restart: users, predictions,
+feedback, images (from users, the scraper and datasets), the sneaker catalogue,
+name suggestions, the model registry and scrape runs. APScheduler keeps its own
+job table in the same database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the store uses."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+
+
+class User(Base):
+    """A Telegram user who has talked to the bot."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    username: Mapped[str | None] = mapped_column(String(64))
+
+
+class Prediction(Base):
+    """One answer the bot gave to one photo. ``id`` is the short id in button data."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)  # the user's photo message
+    reply_message_id: Mapped[int | None] = mapped_column(BigInteger)  # the bot's answer
+    image_sha1: Mapped[str] = mapped_column(String(40), index=True)
+    # Where the photo waits until feedback files it or retention deletes it.
+    pending_path: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    top: Mapped[list] = mapped_column(JSON)  # [{"label": ..., "score": ...}, ...]
+    verdict: Mapped[str] = mapped_column(String(16))  # sneaker | unsure | not_sneaker
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    feedback: Mapped[list[Feedback]] = relationship(back_populates="prediction")
+
+
+class Feedback(Base):
+    """A user's verdict on a prediction; the latest row per prediction counts."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(16))  # correct | wrong | not_listed
+    label: Mapped[str | None] = mapped_column(String(64))  # the confirmed or chosen label
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Set when a retrain has used this feedback, so "new corrections" can be counted.
+    consumed_by_version: Mapped[int | None] = mapped_column(Integer)
+
+    prediction: Mapped[Prediction] = relationship(back_populates="feedback")
+
+
+class Image(Base):
+    """A labelled image on disk, stored once by content hash."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha1: Mapped[str] = mapped_column(String(40), unique=True)
+    phash: Mapped[str | None] = mapped_column(String(32), index=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # user | scraper | dataset
+    status: Mapped[str] = mapped_column(String(16), default="train")  # train | review | rejected
+    split: Mapped[str | None] = mapped_column(String(8))  # train | val | test, fixed once chosen
+    source_url: Mapped[str | None] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text)
+    scraper_source: Mapped[str | None] = mapped_column(String(32))  # bing | google | google-selenium
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SneakerClass(Base):
+    """The catalogue: one row per sneaker model the bot knows or should learn."""
+
+    __tablename__ = "sneaker_classes"
+
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    queries: Mapped[list] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suggestion(Base):
+    """A name a user typed under "Not listed": never a label until an admin accepts it."""
+
+    __tablename__ = "suggestions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    text: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|accepted|rejected
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """The model registry: every trained model, promoted or not."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    path: Mapped[str] = mapped_column(Text)  # model directory (absolute or data-dir relative)
+    status: Mapped[str] = mapped_column(String(16))  # candidate | promoted | rejected | retired
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    backbone: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    data_snapshot: Mapped[dict] = mapped_column(JSON, default=dict)  # per-class counts, sha1s
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column()
+
+
+class ScrapeRun(Base):
+    """One scraper run and its report."""
+
+    __tablename__ = "scrape_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    report: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class RateEvent(Base):
+    """Per-user photo timestamps for the rate limit (survives restarts)."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_user_time", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MemoryEntry(Base):
+    """Instant-learning memory: an embedding of a user-labelled photo.
+
+    ``scope`` is ``global`` (admin, accepted, or agreed by enough users) or
+    ``user`` (counts only for ``user_id`` until promoted).
+    """
+
+    __tablename__ = "memory_entries"
+    __table_args__ = (UniqueConstraint("image_sha1", "user_id", name="uq_memory_image_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_sha1: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    label: Mapped[str] = mapped_column(String(64))
+    backbone: Mapped[str] = mapped_column(String(64))
+    embedding: Mapped[list] = mapped_column(JSON)
+    scope: Mapped[str] = mapped_column(String(8), default="user")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
