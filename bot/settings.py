@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     search_url_template: str = "https://www.google.com/search?tbm=shop&q={query}"
     playground_host: str = "127.0.0.1"
     playground_port: int = 8081
+    playground_token: str = "123456:playground"  # the token the bot uses against the playground
+    telegram_overall_rate: float = 30.0  # messages/s across chats (Telegram's limit); 0 turns it off
+    concurrent_updates: int = 64  # updates handled at once; inference has its own thread pool
+    poll_timeout_s: int = 10  # getUpdates long-poll timeout
+    retention_interval_s: int = 3600  # how often expired pending photos are purged
 
     # --- scraper -----------------------------------------------------------
     bing_url: str = "https://www.bing.com/images/search"
@@ -67,6 +72,13 @@ class Settings(BaseSettings):
     scraper_max_bytes: int = 15 * 1024 * 1024
     scraper_min_side: int = 64
     scraper_host_delay_s: float = 0.2
+    scraper_retries: int = 2  # extra attempts after a connection error, 429 or 5xx
+    scraper_max_items: int = 100  # search results per run when --max is not given
+    scraper_phash_distance: int = 6  # Hamming distance (of 64 bits) that counts as a near-duplicate
+    scraper_footwear_check: bool = True  # send images the backbone does not see as footwear to review
+    scraper_classifier_concurrency: int = 2  # parallel footwear checks (its ONNX session is thread-safe)
+    chromium_path: str = "/usr/bin/chromium"
+    chromedriver_path: str = "/usr/bin/chromedriver"
 
     # --- learning loop -----------------------------------------------------
     retrain_min_corrections: int = 20
@@ -74,6 +86,14 @@ class Settings(BaseSettings):
     scrape_daily_budget: int = 200
     memory_agree_users: int = 3
     start_worker_in_bot: bool = True
+    memory_match_threshold: float = 0.97  # cosine similarity of "the same or near-identical photo"
+    memory_max_weight: float = 0.9  # largest share of an answer the memory may take
+    promotion_tolerance: float = 0.0  # a candidate may lose this much top-1 and still be promoted
+    retrain_check_seconds: int = 30  # how often the worker looks for due work (corrections, requests)
+    retrain_epochs: int = 30  # head training epochs of a retrain
+    model_poll_seconds: float = 3.0  # how often a bot process checks the registry for a new model
+    scrape_cron_hour: int = 4
+    scrape_classes_per_run: int = 3  # most-corrected classes the daily scrape tops up
 
     @field_validator("admin_ids", mode="before")
     @classmethod

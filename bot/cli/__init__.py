@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.cli import ml_commands, run_commands, scrape_commands
+from bot.cli import ml_commands, run_commands, scrape_commands, worker_commands
 from bot.settings import get_settings
 
-COMMAND_MODULES = (ml_commands, scrape_commands, run_commands)
+COMMAND_MODULES = (ml_commands, scrape_commands, run_commands, worker_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

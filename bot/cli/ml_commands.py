@@ -1,9 +1,150 @@
-"""Sub-commands of `sneakerbot` for this area (placeholder until implemented)."""
+"""``sneakerbot train | predict | eval``: parse, read settings, call ``ml``; no logic here."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from bot.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's sub-commands to the parser."""
+    """Add train, predict and eval."""
+    _register_train(sub)
+    _register_predict(sub)
+    _register_eval(sub)
+    _register_audit(sub)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a folder of class folders",
+                       description="Train a model on DATA_DIR/<label>/* and write a model directory.")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--backbone", default=None, help="registered backbone (default: settings.backbone)")
+    p.add_argument("--mode", choices=["head", "finetune"], default="head")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="model directory (default: <model dir>/<timestamp>)")
+    p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the backbone's)")
+    p.add_argument("--trainable-stages", type=int, default=None, help="finetune: train only the last N stages")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", type=float, default=0.15, help="val fraction")
+    p.add_argument("--test", type=float, default=0.15, help="test fraction")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--aug-views", type=int, default=2, help="head: augmented views embedded per train image")
+    p.add_argument("--no-flip-view", action="store_true", help="head: do not embed mirrored train images")
+    p.add_argument("--exclude", type=Path, default=None, help="sha1 list (label audit) to leave out of train")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="finetune: continue from OUT/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Train and print where the model directory is."""
+    from datetime import datetime, timezone
+
+    from ml.train import TrainConfig, run_training
+
+    settings.ensure_dirs()
+    out = args.out or settings.models_path / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    cfg = TrainConfig(
+        data_dir=str(args.data_dir), out_dir=str(out), backbone=args.backbone or settings.backbone,
+        mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+        trainable_stages=args.trainable_stages, seed=args.seed, val_fraction=args.val, test_fraction=args.test,
+        patience=args.patience, aug_views=args.aug_views, flip_view=not args.no_flip_view,
+        exclude_file=str(args.exclude) if args.exclude else None,
+        cache_dir=str(settings.cache_path), threads=args.threads, progress=not args.no_progress,
+    )
+    model_dir = run_training(cfg, resume=args.resume)
+    print(model_dir)
+    return 0
+
+
+def _register_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="identify the sneakers in photos")
+    p.add_argument("paths", type=Path, nargs="+", help="image files or directories of images")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the starter model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    p.add_argument("-k", type=int, default=None, help="how many guesses (default: settings.top_k)")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    """Predict every image given (directories expand to their images)."""
+    from ml.cli_support import predict_paths
+
+    predictor = _load_predictor(args.model, args.backend, settings)
+    rows = predict_paths(predictor, args.paths, k=args.k or settings.top_k)
+    _print_rows(rows, args.json)
+    return 1 if rows and all("error" in row for row in rows) else 0
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a folder of class folders")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the starter model)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--split", default=None, help="only this split of the model's own seeded split (e.g. test)")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Top-1, top-3, per-class precision/recall and verdict rates."""
+    from ml.evaluate import evaluate_dir, format_report
+
+    predictor = _load_predictor(args.model, args.backend, settings)
+    report = evaluate_dir(predictor, args.data_dir, split=args.split)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _load_predictor(model: Path | None, backend: str, settings: Settings):
+    from ml.predictor import Predictor
+
+    return Predictor.load(model or settings.starter_model_dir, backend=backend,
+                          cache_dir=settings.cache_path / "onnx", threads=settings.inference_threads,
+                          thresholds={"footwear": settings.sneaker_threshold, "unsure": settings.unsure_threshold})
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    for row in rows:
+        if "error" in row:
+            print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
+            continue
+        guesses = ", ".join(f"{g['display_name']} {g['score']:.0%}" for g in row["top"])
+        print(f"{row['path']}\t{row['verdict']:<11}\tfootwear {row['footwear_score']:.2f}\t{guesses}")
+
+
+def _register_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="flag images whose folder label is probably wrong",
+                       description="Out-of-fold predictions on frozen-backbone features; writes the flagged "
+                                   "images as csv, usable as `train --exclude`.")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="csv of flagged images")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the label audit and print how many images it flagged."""
+    from ml.audit import run_audit
+
+    settings.ensure_dirs()
+    report = run_audit(args.data_dir, args.out, backbone=args.backbone or settings.backbone,
+                       image_size=args.image_size, folds=args.folds, cache_dir=settings.cache_path,
+                       threads=args.threads)
+    print(f"{int(report['flagged'].sum())} of {len(report)} images flagged -> {args.out}")
+    return 0

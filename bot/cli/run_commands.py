@@ -1,9 +1,103 @@
-"""Sub-commands of `sneakerbot` for this area (placeholder until implemented)."""
+"""``sneakerbot run`` (the bot; the local playground when there is no token) and ``sneakerbot playground``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's sub-commands to the parser."""
+    """Add ``run`` and ``playground``."""
+    run_parser = sub.add_parser("run", help="run the bot (long polling); without a token, in the local playground")
+    run_parser.add_argument("--playground", action="store_true", help="use the playground even if a token is set")
+    run_parser.set_defaults(func=run)
+    playground_parser = sub.add_parser("playground", help="only the local Bot API server and web chat page")
+    playground_parser.set_defaults(func=playground)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the bot until Ctrl-C."""
+    from bot.services.errors import ModelUnavailable
+
+    use_playground = bool(args.playground or settings.telegram_bot_token is None)
+    try:
+        asyncio.run(_run_bot(settings, use_playground))
+    except ModelUnavailable as exc:
+        log.error("cannot start: %s (build one with `make starter-model`)", exc)
+        return 1
+    return 0
+
+
+def playground(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the playground alone (point a bot at it with SNEAKERBOT_BOT_API_URL)."""
+    asyncio.run(_serve_playground(settings))
+    return 0
+
+
+async def _run_bot(settings: Settings, use_playground: bool) -> None:
+    """Start the playground if wanted, then the bot against it or Telegram; stop on a signal."""
+    from bot.app import build_runtime, start_bot, stop_bot
+    from bot.playground import PlaygroundServer
+
+    stop = _stop_event()
+    server = None
+    if use_playground:
+        server = PlaygroundServer(settings.playground_token, settings.playground_host, settings.playground_port)
+        await server.start()
+        try:
+            runtime = build_runtime(settings, api_root=server.url, token=settings.playground_token)
+        except BaseException:
+            await server.stop()
+            raise
+    else:
+        runtime = build_runtime(settings)
+    await start_bot(runtime, poll_timeout=settings.poll_timeout_s)
+    worker = None
+    if settings.start_worker_in_bot:  # the learning loop's jobs on worker threads, never on this loop
+        from bot.learning_loop import start_worker_in_process
+
+        worker = await asyncio.to_thread(start_worker_in_process, settings)
+    if server is not None:
+        print(f"sneakerbot playground: open {server.url}/ in your browser (Ctrl-C stops)", flush=True)
+    else:
+        print(f"sneakerbot is polling {settings.bot_api_url} (Ctrl-C stops)", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        if worker is not None:
+            await asyncio.to_thread(worker.shutdown)
+        await stop_bot(runtime)
+        if server is not None:
+            await server.stop()
+
+
+async def _serve_playground(settings: Settings) -> None:
+    """Only the server, until a signal."""
+    from bot.playground import PlaygroundServer
+
+    stop = _stop_event()
+    server = PlaygroundServer(settings.playground_token, settings.playground_host, settings.playground_port)
+    await server.start()
+    print(f"playground Bot API at {server.url}/bot{settings.playground_token}/ — web chat at {server.url}/",
+          flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -46,6 +46,8 @@ class User(Base):
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     username: Mapped[str | None] = mapped_column(String(64))
+    # The prediction whose "Not listed" the user pressed: their next text is the name.
+    awaiting_suggestion_for: Mapped[int | None] = mapped_column(Integer)
 
 
 class Prediction(Base):
@@ -193,3 +195,32 @@ class MemoryEntry(Base):
     embedding: Mapped[list] = mapped_column(JSON)
     scope: Mapped[str] = mapped_column(String(8), default="user")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """A message for a chat, written by the worker and sent by a bot process (the outbox).
+
+    The worker needs no Telegram token and may run on another machine: it leaves
+    what it has to say here (e.g. "/retrain finished: promoted") and the bot sends it.
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class JobRun(Base):
+    """One run of a worker job, for ``/status`` ("last runs") and to audit the scheduler."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job_started", "job_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(Text)  # a one-line summary, or the error

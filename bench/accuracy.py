@@ -1,0 +1,133 @@
+"""Accuracy on the test split of the Air Jordan photos: top-1 and top-3 for three class sets.
+
+    python -m bench.accuracy [--data ../shared/datasets/air-jordan] [--model DIR ...] [--train-heads]
+
+Class sets: ``air_jordan_1..5`` (the original project's five; its 93% is the number to beat),
+``air_jordan_1..23`` and all classes. Every model here is one model over all the classes it was
+trained on, so each set is reported twice: *among all classes* (the model may answer any of
+its classes, what the bot does) and *restricted* (its answer is the most probable class of
+the set, the setting of a model trained on just those classes). Test images are the test
+split of each model's own seeded split, which training never saw.
+
+``--train-heads`` first trains head-mode models (frozen backbone + linear head, cached
+embeddings) for every backbone whose weights are on this machine, into ``var/bench/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "air-jordan"
+CLASS_SETS = {
+    "air_jordan_1..5": [f"air_jordan_{i}" for i in range(1, 6)],
+    "air_jordan_1..23": [f"air_jordan_{i}" for i in range(1, 24)],
+    "all": None,
+}
+
+
+def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2) -> dict:
+    """Figures for one model directory on its own test split."""
+    from ml.data import index_dataset, split_dataset
+    from ml.evaluate import topk_hits
+    from ml.predictor import Predictor
+
+    predictor = Predictor.load(model_dir, backend="onnx", threads=threads,
+                               cache_dir=ROOT / "var" / "cache" / "onnx")
+    cfg = predictor.info.config
+    frame = split_dataset(index_dataset(data_dir, progress=False).frame, seed=int(cfg.get("seed", 0)),
+                          val=float(cfg.get("val_fraction", 0.15)), test=float(cfg.get("test_fraction", 0.15)))
+    labels = predictor.labels
+    test = frame[(frame["split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
+    probs, _ = predictor.predict_arrays(list(test["path"]), batch_size=32)
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[label] for label in test["label"]])
+    out = {"model": str(model_dir), "backbone": predictor.info.backbone,
+           "mode": cfg.get("mode"), "image_size": predictor.info.preprocessing.size, "sets": {}}
+    for name, members in CLASS_SETS.items():
+        members = [m for m in (members or labels) if m in index]
+        if not members:
+            continue
+        cols = np.array([index[m] for m in members])
+        rows = np.isin(y, cols)
+        sub_probs, sub_y = probs[rows], y[rows]
+        remap = {c: j for j, c in enumerate(cols)}
+        ry = np.array([remap[v] for v in sub_y])
+        restricted = sub_probs[:, cols]
+        out["sets"][name] = {
+            "classes": len(members), "images": int(rows.sum()),
+            "top1_among_all": float((sub_probs.argmax(1) == sub_y).mean()),
+            "top3_among_all": float(topk_hits(sub_probs, sub_y, 3).mean()),
+            "top1_restricted": float((restricted.argmax(1) == ry).mean()),
+            "top3_restricted": float(topk_hits(restricted, ry, 3).mean()),
+        }
+    return out
+
+
+def train_heads(data_dir: Path, threads: int) -> list[Path]:
+    """Head-mode models for every backbone whose pretrained weights are here."""
+    from ml.backbones import available_backbones, create_backbone
+    from ml.errors import WeightsUnavailable
+    from ml.train import TrainConfig, run_training
+
+    made = []
+    for name in available_backbones():
+        try:
+            backbone = create_backbone(name, pretrained=True)
+        except WeightsUnavailable as exc:
+            print(f"skip {name}: {exc}")
+            continue
+        if backbone.from_scratch:
+            print(f"skip {name}: trains from scratch (use `sneakerbot train --mode finetune --backbone {name}`)")
+            continue
+        out = ROOT / "var" / "bench" / f"{name}-head"
+        size = 160 if name == "efficientnet_lite0" else None
+        cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out), backbone=name, mode="head", image_size=size,
+                          aug_views=0, flip_view=False, cache_dir=str(ROOT / "var" / "cache"), threads=threads,
+                          progress=False)
+        made.append(Path(run_training(cfg)))
+    return made
+
+
+def format_rows(results: list[dict]) -> str:
+    """One line per model and class set."""
+    lines = [f"{'model':<34} {'set':<17} {'imgs':>5}  {'top1 all':>8} {'top3 all':>8}  {'top1 restr':>10} "
+             f"{'top3 restr':>10}"]
+    for result in results:
+        tag = f"{result['backbone']}/{result['mode']}@{result['image_size']}"
+        for name, s in result["sets"].items():
+            lines.append(f"{tag:<34} {name:<17} {s['images']:>5}  {s['top1_among_all']:>8.1%} "
+                         f"{s['top3_among_all']:>8.1%}  {s['top1_restricted']:>10.1%} {s['top3_restricted']:>10.1%}")
+        lines.append(f"{'':<34} ({result['model']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.accuracy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", type=Path, action="append", help="model directory (repeatable)")
+    parser.add_argument("--train-heads", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"dataset not found: {args.data}")
+        return 1
+    models = list(args.model or [])
+    if args.train_heads:
+        models += train_heads(args.data, args.threads)
+    if not models:
+        models = [ROOT / "models" / "starter"]
+        models += sorted(p for p in (ROOT / "var" / "bench").glob("*") if (p / "model.json").is_file())
+    results = [evaluate_model(m, args.data, threads=args.threads) for m in models]
+    print(json.dumps(results, indent=1) if args.json else format_rows(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

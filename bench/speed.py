@@ -1,0 +1,91 @@
+"""Inference speed, in one run: ms per image at batch 1 and 16.
+
+    python -m bench.speed [--model models/starter] [--threads 2] [--repeats 60]
+
+Rows: the model with ONNX Runtime, the same model in eager PyTorch, and eager ResNet18 at
+224 px (the original project's model; timing does not depend on its weights, so it is built
+without them) as the reference. "model" times are the network only, on preprocessed tensors;
+"end-to-end" adds decoding and preprocessing of a typical 270x190 JPEG. Medians of
+``--repeats`` timed runs after warm-up. Targets: ONNX batch-1 <= 5 ms/image and >= 3x
+faster than eager ResNet18.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "starter")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=60)
+    args = parser.parse_args(argv)
+
+    import torch
+    from PIL import Image
+
+    from ml.artifacts import load_net, read_model_json
+    from ml.backbones import create_backbone
+    from ml.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    onnx = Predictor.load(args.model, backend="onnx", threads=args.threads,
+                          cache_dir=ROOT / "var" / "cache" / "onnx")
+    size = onnx.info.preprocessing.size
+    net = load_net(args.model, read_model_json(args.model)).eval().to(memory_format=torch.channels_last)
+    resnet = create_backbone("resnet18", pretrained=False).eval()
+    fc = resnet.fc
+
+    rows = []
+    for batch in (1, 16):
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        xr = torch.randn(batch, 3, 224, 224)
+        reps = max(10, args.repeats // (4 if batch > 1 else 1))
+        rows.append(("onnxruntime", f"{onnx.info.backbone}@{size}", batch,
+                     median_ms(lambda: onnx._runner(x), reps) / batch))
+        with torch.inference_mode():
+            rows.append(("torch eager", f"{onnx.info.backbone}@{size}", batch, median_ms(lambda: net(xt), reps) / batch))
+            rows.append(("torch eager", "resnet18@224 (reference)", batch,
+                         median_ms(lambda: fc(resnet(xr)), reps) / batch))
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (190, 270, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    data = jpeg.getvalue()
+    end_to_end = median_ms(lambda: onnx.predict([data]), args.repeats)
+
+    print(f"threads: {args.threads}; model: {args.model}")
+    print(f"{'runtime':<13} {'network':<28} {'batch':>5} {'ms/image':>9}")
+    for runtime, name, batch, ms in rows:
+        print(f"{runtime:<13} {name:<28} {batch:>5} {ms:>9.2f}")
+    print(f"end-to-end onnxruntime predict() of one 270x190 JPEG: {end_to_end:.2f} ms")
+    onnx1 = next(ms for r, n, b, ms in rows if r == "onnxruntime" and b == 1)
+    res1 = next(ms for r, n, b, ms in rows if "resnet18" in n and b == 1)
+    print(f"ONNX batch-1: {onnx1:.2f} ms/image (target <= 5 ms): {'OK' if onnx1 <= 5 else 'MISSED'}; "
+          f"{res1 / onnx1:.1f}x faster than eager ResNet18 (target >= 3x): {'OK' if res1 / onnx1 >= 3 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""Build the running bot: database, model, services and the python-telegram-bot Application.
+
+``build_runtime`` wires everything from one ``Settings``; ``start_bot``/``stop_bot`` run long
+polling inside the caller's event loop (the CLI and the tests use the same two calls).
+Updates are handled concurrently; inference runs on the identify service's thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from telegram import Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    BaseHandler,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot import learning_loop, render
+from bot.handlers import commands, fallback, feedback, photos
+from bot.handlers.context import SERVICES_KEY, BotContext, BotLimits, BotServices
+from bot.services.feedback import FeedbackService
+from bot.services.identify import IdentifyService
+from bot.services.models import ModelHolder, ServedModel, load_served_model
+from bot.services.ratelimit import RateLimiter
+from bot.services.retention import RetentionService
+from bot.settings import Settings
+from bot.store.db import init_db, session_factory
+
+log = logging.getLogger(__name__)
+
+HandlerExtension = Callable[[Application], None]
+
+# Other areas add their handlers here, before the catch-all handlers below take everything.
+# The learning loop's admin commands: ``from bot.handlers import admin`` and add ``admin.register``.
+EXTENSIONS: tuple[HandlerExtension, ...] = (learning_loop.install,)
+
+MESSAGES = filters.UpdateType.MESSAGE  # edited messages are not answered again
+IMAGE_FILES = filters.Document.IMAGE | functools.reduce(
+    lambda a, b: a | b, (filters.Document.FileExtension(ext) for ext in ("jpg", "jpeg", "png", "webp", "heic", "heif"))
+)
+
+
+@dataclass
+class BotRuntime:
+    """Everything ``sneakerbot run`` keeps alive."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    services: BotServices
+    application: Application
+
+
+def build_services(settings: Settings, sessions: sessionmaker[Session], served: ServedModel) -> BotServices:
+    """The services, from plain settings values."""
+    from ml.images import open_image
+
+    models = ModelHolder(served)
+    decode = functools.partial(open_image, max_pixels=settings.max_image_pixels)
+    return BotServices(
+        limits=BotLimits(settings.max_download_bytes, settings.rate_limit_per_minute, settings.retention_days,
+                         settings.search_url_template, settings.admin_ids, settings.retention_interval_s),
+        models=models,
+        identify=IdentifyService(sessions, models, decode, data_dir=settings.data_dir, admin_ids=settings.admin_ids,
+                                 top_k=settings.top_k, threads=settings.inference_threads),
+        feedback=FeedbackService(sessions, data_dir=settings.data_dir, retention_days=settings.retention_days,
+                                 known_label=lambda label: any(
+                                     c.label == label for c in models.current().identifier.classes),
+                                 admin_ids=settings.admin_ids),
+        rate_limit=RateLimiter(sessions, settings.rate_limit_per_minute),
+        retention=RetentionService(sessions, settings.retention_days),
+    )
+
+
+def build_application(settings: Settings, services: BotServices, *, api_root: str | None = None,
+                      token: str | None = None, extensions: Sequence[HandlerExtension] = EXTENSIONS) -> Application:
+    """The PTB Application talking to ``<api_root>/bot<token>/``, with every handler registered."""
+    root = (api_root or settings.bot_api_url).rstrip("/")
+    token = token or (settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None)
+    if not token:
+        raise ValueError("no Telegram bot token: set TELEGRAM_BOT_TOKEN or use the playground")
+    application = (
+        ApplicationBuilder()
+        .token(token)
+        .base_url(f"{root}/bot")
+        .base_file_url(f"{root}/file/bot")
+        .context_types(ContextTypes(context=BotContext))
+        .concurrent_updates(settings.concurrent_updates)
+        .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_overall_rate, max_retries=3))
+        .get_updates_read_timeout(settings.poll_timeout_s + 10)
+        .build()
+    )
+    application.bot_data[SERVICES_KEY] = services
+    application.bot_data[learning_loop.SETTINGS_KEY] = settings  # the learning loop's extension reads it
+    register_handlers(application, extensions)
+    application.add_error_handler(fallback.on_error)
+    return application
+
+
+def register_handlers(application: Application, extensions: Sequence[HandlerExtension] = EXTENSIONS) -> None:
+    """Commands first, then other areas' handlers, then photos, buttons, text and the catch-alls."""
+    for handler in command_handlers():
+        application.add_handler(handler)
+    for extend in extensions:
+        extend(application)
+    for handler in message_handlers():
+        application.add_handler(handler)
+
+
+def command_handlers() -> list[BaseHandler]:
+    """/start and /help."""
+    return [CommandHandler("start", commands.start), CommandHandler("help", commands.help_command)]
+
+
+def message_handlers() -> list[BaseHandler]:
+    """Photos, image files, buttons, text, unknown commands and everything else, in that order."""
+    return [
+        MessageHandler(MESSAGES & filters.PHOTO, photos.on_photo),
+        MessageHandler(MESSAGES & IMAGE_FILES, photos.on_image_file),
+        CallbackQueryHandler(feedback.on_button),
+        MessageHandler(MESSAGES & filters.TEXT & ~filters.COMMAND, feedback.on_text),
+        MessageHandler(MESSAGES & filters.COMMAND, commands.unknown_command),
+        MessageHandler(MESSAGES & filters.Document.ALL, fallback.not_an_image_file),
+        MessageHandler(MESSAGES, fallback.anything_else),
+    ]
+
+
+async def _on_started(application: Application) -> None:
+    """Register the command menu (a failure is logged, not fatal) and the retention job."""
+    try:
+        await application.bot.set_my_commands(render.COMMANDS)
+    except TelegramError as exc:
+        log.warning("setMyCommands failed: %s", exc)
+    services: BotServices = application.bot_data[SERVICES_KEY]
+    if application.job_queue is not None:  # in-process and built once per start: no duplicates
+        application.job_queue.run_repeating(_retention_job, interval=services.limits.retention_interval_s,
+                                            first=5, name="retention")
+
+
+async def _retention_job(context: BotContext) -> None:
+    """Delete pending photos past their retention (off the loop)."""
+    await asyncio.to_thread(context.services.retention.purge)
+
+
+def build_runtime(settings: Settings, *, served: ServedModel | None = None, api_root: str | None = None,
+                  token: str | None = None) -> BotRuntime:
+    """Database (migrated), model (starter installed on first start), services and Application."""
+    settings.ensure_dirs()
+    engine = init_db(settings.db_url)
+    sessions = session_factory(engine)
+    if served is None:
+        thresholds = {"footwear": settings.sneaker_threshold, "unsure": settings.unsure_threshold}
+        served = load_served_model(sessions, starter_dir=settings.starter_model_dir, models_dir=settings.models_path,
+                                   thresholds=thresholds)
+    services = build_services(settings, sessions, served)
+    application = build_application(settings, services, api_root=api_root, token=token)
+    return BotRuntime(engine, sessions, services, application)
+
+
+async def start_bot(runtime: BotRuntime, *, poll_timeout: int = 10) -> None:
+    """Initialise and start long polling in the running event loop (pending updates are kept)."""
+    application = runtime.application
+    await application.initialize()
+    await application.start()
+    await _on_started(application)
+    await application.updater.start_polling(timeout=poll_timeout, poll_interval=0.0,
+                                            allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+
+
+async def stop_bot(runtime: BotRuntime) -> None:
+    """Stop polling, finish running handlers, release the database."""
+    application = runtime.application
+    if application.updater.running:
+        await application.updater.stop()
+    if application.running:
+        await application.stop()
+    await application.shutdown()
+    runtime.services.identify.close()
+    runtime.engine.dispose()
+

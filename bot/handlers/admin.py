@@ -1,0 +1,176 @@
+"""Admin commands: thin handlers over ``AdminService``.
+
+Only ``SNEAKERBOT_ADMIN_IDS`` may use them; anyone else gets "not allowed" and the
+attempt is logged. Work runs off the event loop; long work goes to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+from telegram import Update
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler
+
+from bot import render_admin
+from bot.handlers.context import BotContext
+from bot.registry import RegistryError
+from bot.services.admin import DEFAULT_SCRAPE, AdminError, AdminService, confusion_png
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY = "admin"
+Handler = Callable[[Update, BotContext], Awaitable[None]]
+
+
+def admin_service(context: BotContext) -> AdminService:
+    """The admin service the learning loop hung into the bot's services."""
+    return context.services.extra[ADMIN_KEY]
+
+
+def admin_only(handler: Handler) -> Handler:
+    """Run ``handler`` for admins; tell everyone else "not allowed" and log it."""
+
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: BotContext) -> None:
+        user = update.effective_user
+        if not admin_service(context).is_admin(user.id if user else None):
+            query = update.callback_query
+            text = query.data if query is not None else update.effective_message.text
+            log.warning("not allowed: user %s tried %r", user.id if user else None, text)
+            if update.callback_query is not None:
+                await update.callback_query.answer(render_admin.NOT_ALLOWED, show_alert=True)
+            else:
+                await update.effective_message.reply_text(render_admin.NOT_ALLOWED)
+            return
+        try:
+            await handler(update, context)
+        except (AdminError, RegistryError) as exc:
+            await update.effective_message.reply_text(str(exc))
+
+    return guarded
+
+
+async def _reply(update: Update, text: str) -> None:
+    await update.effective_message.reply_text(text)
+
+
+@admin_only
+async def status(update: Update, context: BotContext) -> None:
+    """/status: model version and metrics, data counts, pending corrections, jobs."""
+    view = await asyncio.to_thread(admin_service(context).status)
+    await _reply(update, render_admin.status(view))
+
+
+@admin_only
+async def retrain(update: Update, context: BotContext) -> None:
+    """/retrain: queue a retrain; the worker reports old vs new metrics when done."""
+    await asyncio.to_thread(admin_service(context).request_retrain, update.effective_chat.id)
+    await _reply(update, render_admin.job_requested("a retrain"))
+
+
+@admin_only
+async def scrape(update: Update, context: BotContext) -> None:
+    """/scrape <label> [n]: queue a scrape of one class."""
+    args = context.args or []
+    if not 1 <= len(args) <= 2 or (len(args) == 2 and not args[1].isdigit()):
+        await _reply(update, render_admin.usage("scrape", "<label> [number of images]"))
+        return
+    count = int(args[1]) if len(args) == 2 else DEFAULT_SCRAPE
+    await asyncio.to_thread(admin_service(context).request_scrape, args[0], count, update.effective_chat.id)
+    await _reply(update, render_admin.job_requested(f"a scrape of {args[0]} ({count} images)"))
+
+
+@admin_only
+async def addclass(update: Update, context: BotContext) -> None:
+    """/addclass <label> <display name>: add a class, scrape it, then retrain."""
+    args = context.args or []
+    if len(args) < 2:
+        await _reply(update, render_admin.usage("addclass", "<label> <display name>"))
+        return
+    label, name = args[0], " ".join(args[1:])
+    await asyncio.to_thread(admin_service(context).add_class, label, name, update.effective_chat.id)
+    await _reply(update, render_admin.job_requested(f"adding {name} ({label}): a scrape, then a retrain"))
+
+
+@admin_only
+async def classes(update: Update, context: BotContext) -> None:
+    """/classes: the catalogue and what the model knows."""
+    rows = await asyncio.to_thread(admin_service(context).classes)
+    await _reply(update, render_admin.classes(rows))
+
+
+@admin_only
+async def suggestions(update: Update, context: BotContext) -> None:
+    """/suggestions: one message per pending name, with accept / reject buttons."""
+    pending = await asyncio.to_thread(admin_service(context).pending_suggestions)
+    await _reply(update, render_admin.suggestions_header(len(pending)))
+    for item in pending:
+        await update.effective_message.reply_text(
+            render_admin.suggestion(item.text, item.user_id, item.count),
+            reply_markup=render_admin.suggestion_keyboard(item.id),
+        )
+
+
+@admin_only
+async def on_suggestion_button(update: Update, context: BotContext) -> None:
+    """Accept or reject a suggestion (accepting adds the class, scrapes and retrains)."""
+    query = update.callback_query
+    parsed = render_admin.parse_suggestion_data(query.data)
+    if parsed is None:
+        await query.answer(render_admin.FORGED, show_alert=True)
+        return
+    accept, suggestion_id = parsed
+    try:
+        text, label = await asyncio.to_thread(
+            admin_service(context).decide_suggestion, suggestion_id, accept, update.effective_chat.id
+        )
+    except AdminError as exc:
+        await query.answer(str(exc), show_alert=True)
+        return
+    await query.answer("Done")
+    await query.edit_message_text(render_admin.suggestion_decided(text, accept, label))
+
+
+@admin_only
+async def rollback(update: Update, context: BotContext) -> None:
+    """/rollback <version>: serve an earlier model (every bot process within seconds)."""
+    args = context.args or []
+    if len(args) != 1 or not args[0].isdigit():
+        await _reply(update, render_admin.usage("rollback", "<version>"))
+        return
+    info = await asyncio.to_thread(admin_service(context).rollback, int(args[0]))
+    await _reply(update, render_admin.rolled_back(info.version))
+
+
+@admin_only
+async def stats(update: Update, context: BotContext) -> None:
+    """/stats: accuracy from feedback per class, confused pairs and a confusion-matrix image."""
+    view = await asyncio.to_thread(admin_service(context).stats)
+    await _reply(update, render_admin.stats(view))
+    if view.pairs:
+        png = await asyncio.to_thread(confusion_png, view.pairs)
+        await update.effective_message.reply_photo(png, caption=render_admin.STATS_CAPTION)
+
+
+COMMANDS: dict[str, Handler] = {
+    "status": status,
+    "retrain": retrain,
+    "scrape": scrape,
+    "addclass": addclass,
+    "classes": classes,
+    "suggestions": suggestions,
+    "rollback": rollback,
+    "stats": stats,
+}
+
+
+def register(application: Application) -> None:
+    """Add the admin commands and the suggestion buttons (before the bot's catch-alls)."""
+    for name, handler in COMMANDS.items():
+        application.add_handler(CommandHandler(name, handler))
+    application.add_handler(
+        CallbackQueryHandler(on_suggestion_button, pattern=f"^{render_admin.SUGGESTION_PREFIX}:")
+    )

@@ -1,0 +1,106 @@
+"""Button presses and the typed "Not listed" name.
+
+Each button action is one small coroutine in ``BUTTON_ACTIONS``; a press the feedback
+service rejects (forged, someone else's, expired) gets a polite alert and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from telegram import CallbackQuery, InlineKeyboardMarkup, Update
+from telegram.error import BadRequest
+
+from bot import render
+from bot.handlers.context import BotContext
+from bot.services.errors import FeedbackRejected, UnknownLabel
+
+log = logging.getLogger(__name__)
+ButtonAction = Callable[[CallbackQuery, render.Callback, BotContext], Awaitable[None]]
+
+
+async def on_button(update: Update, context: BotContext) -> None:
+    """Dispatch a button press by its action letter."""
+    query = update.callback_query
+    callback = render.parse(query.data)
+    if callback is None:
+        log.info("unrecognised callback data from %s: %r", query.from_user.id, query.data)
+        await query.answer(render.ALERTS["unknown"], show_alert=True)
+        return
+    try:
+        await BUTTON_ACTIONS[callback.action](query, callback, context)
+    except FeedbackRejected as exc:
+        log.info("rejected press %r by %s: %s", query.data, query.from_user.id, exc.reason)
+        await query.answer(render.ALERTS[exc.reason], show_alert=True)
+
+
+async def confirm(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
+    """✅ Correct: store the confirmation, thank, leave only "Change answer"."""
+    label = await asyncio.to_thread(context.services.feedback.confirm, callback.prediction_id, query.from_user.id)
+    await query.answer("Thanks!")
+    display = context.services.models.display_name(label)
+    await _edit(query, render.thanks_text(display, confirmed=True), render.change_keyboard(callback.prediction_id))
+
+
+async def show_models(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
+    """❌ Wrong, "It is a sneaker", "Change answer" and ◀ ▶: the paged list of models."""
+    await asyncio.to_thread(context.services.feedback.check, callback.prediction_id, query.from_user.id)
+    page = int(callback.arg) if callback.action == render.Action.PAGE and (callback.arg or "").isdigit() else 0
+    await query.answer()
+    keyboard = render.correction_keyboard(callback.prediction_id, context.services.models.sorted_classes(), page)
+    await _edit(query, render.CORRECTION_TEXT, keyboard)
+
+
+async def pick_label(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
+    """A model from the list: store the correction."""
+    label = render.resolve_label(callback.arg, context.services.models.sorted_classes())
+    if label is None:
+        raise UnknownLabel()
+    await asyncio.to_thread(context.services.feedback.correct, callback.prediction_id, query.from_user.id, label)
+    await query.answer("Thanks!")
+    display = context.services.models.display_name(label)
+    await _edit(query, render.thanks_text(display, confirmed=False), render.change_keyboard(callback.prediction_id))
+
+
+async def not_listed(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
+    """"Not listed": ask for the name; the next text message is the suggestion."""
+    await asyncio.to_thread(context.services.feedback.not_listed, callback.prediction_id, query.from_user.id)
+    await query.answer()
+    await _edit(query, render.ASK_NAME_TEXT, render.change_keyboard(callback.prediction_id))
+
+
+async def page_counter(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
+    """The "2/3" button does nothing but must be answered."""
+    await query.answer()
+
+
+BUTTON_ACTIONS: dict[str, ButtonAction] = {
+    render.Action.CORRECT: confirm,
+    render.Action.WRONG: show_models,
+    render.Action.SNEAKER: show_models,
+    render.Action.PAGE: show_models,
+    render.Action.LABEL: pick_label,
+    render.Action.NOT_LISTED: not_listed,
+    render.Action.NOOP: page_counter,
+}
+
+
+async def _edit(query: CallbackQuery, text: str, keyboard: InlineKeyboardMarkup) -> None:
+    """Edit the answer in place; pressing the same thing twice is not an error."""
+    try:
+        await query.edit_message_text(text, reply_markup=keyboard)
+    except BadRequest as exc:
+        if "not modified" not in str(exc):
+            raise
+
+
+async def on_text(update: Update, context: BotContext) -> None:
+    """A typed name after "Not listed" becomes a suggestion; other text gets the how-to."""
+    message = update.effective_message
+    suggestion = await asyncio.to_thread(context.services.feedback.suggest, message.from_user.id, message.text)
+    if suggestion is None:
+        await message.reply_text(render.OTHER_TEXT)
+    else:
+        await message.reply_text(render.suggestion_thanks(suggestion.text))

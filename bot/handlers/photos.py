@@ -1,0 +1,82 @@
+"""Photos and image files: rate limit, "typing", download, identify off the loop, reply.
+
+Albums need nothing special: Telegram delivers each photo of a media group as its own
+message, and with concurrent updates each gets its own answer, as a reply to that photo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from telegram import Message, PhotoSize, Update
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, TelegramError
+
+from bot import render
+from bot.handlers.context import BotContext
+from bot.services.errors import PhotoRejected
+from bot.services.identify import PhotoRequest
+
+log = logging.getLogger(__name__)
+
+
+def largest_fitting(sizes: Sequence[PhotoSize], max_bytes: int) -> PhotoSize | None:
+    """The biggest photo size we may download (sizes without a known size are assumed to fit)."""
+    fitting = [s for s in sizes if (s.file_size or 0) <= max_bytes]
+    return max(fitting, key=lambda s: s.width * s.height, default=None)
+
+
+async def on_photo(update: Update, context: BotContext) -> None:
+    """A photo: answer with the top guesses."""
+    message = update.effective_message
+    size = largest_fitting(message.photo, context.services.limits.max_download_bytes)
+    if size is None:
+        await message.reply_text(render.too_large_text(context.services.limits.max_download_bytes), do_quote=True)
+        return
+    await identify_and_reply(message, size.file_id, context)
+
+
+async def on_image_file(update: Update, context: BotContext) -> None:
+    """An image sent as a file: same as a photo, after the size check."""
+    message = update.effective_message
+    document = message.document
+    if (document.file_size or 0) > context.services.limits.max_download_bytes:
+        await message.reply_text(render.too_large_text(context.services.limits.max_download_bytes), do_quote=True)
+        return
+    await identify_and_reply(message, document.file_id, context)
+
+
+async def identify_and_reply(message: Message, file_id: str, context: BotContext) -> None:
+    """The shared path: limit, typing, download, identify, reply, remember the reply."""
+    services = context.services
+    user = message.from_user
+    if not await asyncio.to_thread(services.rate_limit.allow, user.id):
+        await message.reply_text(render.rate_limited_text(services.limits.rate_limit_per_minute), do_quote=True)
+        return
+    await _typing(message, context)
+    try:
+        data = await (await context.bot.get_file(file_id)).download_as_bytearray()
+    except BadRequest as exc:  # "file is too big" from the Bot API
+        log.info("download refused: %s", exc)
+        await message.reply_text(render.too_large_text(services.limits.max_download_bytes), do_quote=True)
+        return
+    request = PhotoRequest(bytes(data), user.id, message.chat_id, message.message_id, user.username)
+    try:
+        result = await services.identify.run(request)
+    except PhotoRejected as exc:
+        await message.reply_text(render.rejection_text(exc.reason), do_quote=True)
+        return
+    keyboard = render.answer_keyboard(result, services.limits.search_url_template)
+    reply = await message.reply_text(render.answer_text(result), reply_markup=keyboard, do_quote=True)
+    await asyncio.to_thread(services.identify.attach_reply, result.prediction_id, reply.message_id)
+
+
+async def _typing(message: Message, context: BotContext) -> None:
+    """Show "typing…"; a failure here must not cost the answer."""
+    try:
+        await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
+    except TelegramError as exc:
+        log.info("chat action failed: %s", exc)
+

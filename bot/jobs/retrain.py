@@ -1,0 +1,65 @@
+"""Retrain jobs: when enough corrections arrived, nightly, and on an admin's request.
+
+All three run on the worker's one-thread training executor, so they never overlap;
+each returns early when there is nothing to do (idempotent).
+"""
+
+from __future__ import annotations
+
+from bot.jobs.context import JobContext, run_job
+from bot.services.retraining import Retrainer, RetrainOutcome, count_new_corrections
+
+RETRAIN_NOW_FUNC = "bot.jobs.retrain:retrain_now"
+
+
+def retrain_if_due() -> str | None:
+    """Retrain when at least ``retrain_min_corrections`` corrections are unused."""
+    return run_job("retrain_check", _retrain_if_due)
+
+
+def retrain_nightly() -> str | None:
+    """The scheduled retrain: only when there are training images no model has seen."""
+    return run_job(
+        "retrain_nightly",
+        lambda ctx: retrainer(ctx).retrain(only_if_new_data=True, reason="nightly").summary(),
+    )
+
+
+def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
+    """An admin's ``/retrain``: train now and tell the admins old vs new metrics."""
+
+    def body(ctx: JobContext) -> str:
+        outcome = retrainer(ctx).retrain(only_if_new_data=False, reason="requested by an admin")
+        for chat_id in notify_chat_ids or []:
+            ctx.notify(chat_id, retrain_report(outcome))
+        return outcome.summary()
+
+    return run_job("retrain_now", body)
+
+
+def _retrain_if_due(ctx: JobContext) -> str | None:
+    pending = count_new_corrections(ctx.sessions)
+    if pending < ctx.settings.retrain_min_corrections:
+        return None
+    outcome = retrainer(ctx).retrain(
+        only_if_new_data=False, reason=f"{pending} new corrections"
+    )
+    return outcome.summary()
+
+
+def retrainer(ctx: JobContext) -> Retrainer:
+    """The retrainer as the settings configure it."""
+    return Retrainer(
+        ctx.sessions,
+        ctx.registry,
+        data_dir=ctx.settings.data_dir,
+        cache_dir=ctx.settings.cache_path,
+        epochs=ctx.settings.retrain_epochs,
+    )
+
+
+def retrain_report(outcome: RetrainOutcome) -> str:
+    """The admin's message after ``/retrain``: old vs new metrics and the decision."""
+    from bot.render_admin import retrain_result
+
+    return retrain_result(outcome)

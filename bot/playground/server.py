@@ -1,0 +1,116 @@
+"""The playground's aiohttp application and a small start/stop wrapper around it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot.playground import userapi
+from bot.playground.botapi import call_method
+from bot.playground.state import STATE, BotApiError, PlaygroundState
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+BOT_ID = 7000000001
+
+
+def bot_user(token: str) -> dict[str, Any]:
+    """The bot's user object; its id is the number before the token's colon, as on Telegram."""
+    head = token.split(":", 1)[0]
+    bot_id = int(head) if head.isdigit() else BOT_ID
+    return {"id": bot_id, "is_bot": True, "first_name": "Sneakerbot", "username": "sneakerbot_playground_bot",
+            "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+
+
+async def read_params(request: web.Request, state: PlaygroundState) -> dict[str, Any]:
+    """Bot API parameters from the query string and a JSON, form or multipart body."""
+    params: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        params.update(await request.json())
+    elif request.content_type == "multipart/form-data":
+        files: dict[str, bytes] = {}
+        async for part in await request.multipart():
+            data = await part.read()  # type: ignore[union-attr]
+            if part.filename:  # type: ignore[union-attr]
+                files[part.name or ""] = bytes(data)
+            params[part.name or ""] = bytes(data) if part.filename else data.decode()  # type: ignore[union-attr]
+        for key, value in list(params.items()):
+            if isinstance(value, str) and value.startswith("attach://"):
+                params[key] = files.get(value.removeprefix("attach://"), value)
+    elif request.can_read_body:
+        params.update(await request.post())
+    return params
+
+
+async def bot_api(request: web.Request) -> web.Response:
+    """``/bot<token>/<method>``: the Bot API itself."""
+    state: PlaygroundState = request.app[STATE]
+    if request.match_info["token"] != state.token:
+        raise BotApiError(401, "Unauthorized")
+    result = await call_method(state, request.match_info["method"], await read_params(request, state))
+    return web.json_response({"ok": True, "result": result})
+
+
+async def download(request: web.Request) -> web.Response:
+    """``/file/bot<token>/<file_path>``: file downloads, as on Telegram."""
+    state: PlaygroundState = request.app[STATE]
+    if request.match_info["token"] != state.token:
+        raise BotApiError(401, "Unauthorized")
+    stored = state.file_by_path(request.match_info["path"])
+    if stored is None:
+        raise BotApiError(404, "Not Found")
+    return web.Response(body=stored.data, content_type=stored.mime_type)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The web chat page."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def build_app(token: str, *, max_download_bytes: int = 20 * 1024 * 1024) -> web.Application:
+    """The aiohttp application: Bot API, downloads, user API and the page."""
+    app = web.Application(middlewares=[userapi.bot_api_errors], client_max_size=64 * 1024 * 1024)
+    app[STATE] = PlaygroundState(token=token, bot_user=bot_user(token), max_download_bytes=max_download_bytes)
+    app.router.add_route("*", "/bot{token}/{method}", bot_api)
+    app.router.add_get("/file/bot{token}/{path:.+}", download)
+    app.router.add_get("/", index)
+    app.router.add_routes(userapi.routes)
+    return app
+
+
+class PlaygroundServer:
+    """Runs the playground on ``host:port`` (port 0 picks a free one) inside the current event loop."""
+
+    def __init__(self, token: str, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        self.app = build_app(token, **options)
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def state(self) -> PlaygroundState:
+        """The in-memory world (tests may read it)."""
+        return self.app[STATE]
+
+    @property
+    def url(self) -> str:
+        """The root URL: the Bot API is at ``<url>/bot<token>/``, the page at ``<url>/``."""
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("playground listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop serving (waiting long polls end)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

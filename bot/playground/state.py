@@ -1,0 +1,150 @@
+"""The playground's in-memory world: chats, messages, files, the update queue and chat events.
+
+Everything the Bot API side changes is also appended to the chat's event list, which the
+web page and the tests long-poll to see what the bot did (new messages, edits, alerts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+JSON = dict[str, Any]
+
+
+class BotApiError(Exception):
+    """An error the Bot API returns as ``{"ok": false, "error_code", "description"}``."""
+
+    def __init__(self, code: int, description: str, *, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.retry_after = retry_after
+
+    def body(self) -> JSON:
+        """The JSON body Telegram sends for this error."""
+        body: JSON = {"ok": False, "error_code": self.code, "description": self.description}
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return body
+
+
+def bad_request(what: str) -> BotApiError:
+    """Telegram's 400 with its usual "Bad Request: ..." wording."""
+    return BotApiError(400, f"Bad Request: {what}")
+
+
+@dataclass
+class StoredFile:
+    """A file the server holds: what getFile describes and /file/ serves."""
+
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    data: bytes
+    mime_type: str
+
+
+@dataclass
+class PlaygroundState:
+    """All chats of one bot. Only ever touched from the server's event loop."""
+
+    token: str
+    bot_user: JSON
+    updates: list[JSON] = field(default_factory=list)
+    messages: dict[tuple[int, int], JSON] = field(default_factory=dict)
+    chats: dict[int, JSON] = field(default_factory=dict)
+    users: dict[int, JSON] = field(default_factory=dict)
+    events: list[JSON] = field(default_factory=list)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    callbacks: dict[str, JSON] = field(default_factory=dict)
+    commands: list[JSON] = field(default_factory=list)
+    floods: dict[str, list[int]] = field(default_factory=dict)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    poll_generation: int = 0
+    max_download_bytes: int = 20 * 1024 * 1024  # getFile's limit on Telegram's hosted Bot API
+    _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _message_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    # --- users and chats --------------------------------------------------
+    def user(self, user_id: int, first_name: str | None = None, username: str | None = None) -> JSON:
+        """The Telegram user object, created on first use; a private chat comes with it."""
+        if user_id not in self.users:
+            name = first_name or f"User {user_id}"
+            self.users[user_id] = {"id": user_id, "is_bot": False, "first_name": name}
+            if username:
+                self.users[user_id]["username"] = username
+            self.chats[user_id] = {"id": user_id, "type": "private", "first_name": name}
+        return self.users[user_id]
+
+    def chat(self, chat_id: object) -> JSON:
+        """A known chat or Telegram's "chat not found"."""
+        try:
+            return self.chats[int(chat_id)]  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError):
+            raise bad_request("chat not found") from None
+
+    # --- ids ----------------------------------------------------------------
+    def next_message_id(self) -> int:
+        """Message ids are unique in the whole playground (simpler than per chat, still valid)."""
+        return next(self._message_ids)
+
+    def next_id(self, prefix: str) -> str:
+        """An opaque id for files and callback queries."""
+        return f"{prefix}{next(self._ids)}"
+
+    # --- messages, updates, events ---------------------------------------
+    def store_message(self, message: JSON) -> JSON:
+        """Keep a message so it can be edited, replied to and shown."""
+        self.messages[(message["chat"]["id"], message["message_id"])] = message
+        return message
+
+    def get_message(self, chat_id: int, message_id: object) -> JSON:
+        """A stored message or Telegram's "message to edit not found"."""
+        try:
+            return self.messages[(chat_id, int(message_id))]  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError):
+            raise bad_request("message to edit not found") from None
+
+    async def push_update(self, kind: str, payload: JSON) -> JSON:
+        """Queue an update for the bot and wake its long poll."""
+        update = {"update_id": next(self._update_ids), kind: payload}
+        async with self.changed:
+            self.updates.append(update)
+            self.changed.notify_all()
+        return update
+
+    async def push_event(self, chat_id: int, kind: str, **data: Any) -> JSON:
+        """Record something the bot did in a chat and wake the chat's watchers."""
+        event = {"seq": len(self.events) + 1, "chat_id": chat_id, "type": kind, "time": time.time(), **data}
+        async with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+        return event
+
+    def add_file(self, data: bytes, *, folder: str, suffix: str, mime_type: str) -> StoredFile:
+        """Store bytes under a new file id and a Telegram-like ``file_path``."""
+        file_id = self.next_id("F")
+        unique = hashlib.sha1(data).hexdigest()[:16]
+        stored = StoredFile(file_id, unique, f"{folder}/file_{file_id}{suffix}", data, mime_type)
+        self.files[file_id] = stored
+        return stored
+
+    def file_by_path(self, file_path: str) -> StoredFile | None:
+        """The file a download URL names."""
+        return next((f for f in self.files.values() if f.file_path == file_path), None)
+
+    def take_flood(self, method: str) -> int | None:
+        """A pending injected 429 for ``method`` (its retry_after), if any."""
+        queue = self.floods.get(method.lower())
+        return queue.pop(0) if queue else None
+
+
+STATE = web.AppKey("state", PlaygroundState)

@@ -1,0 +1,181 @@
+"""Feedback: confirmations, corrections and "Not listed" names, checked and stored.
+
+Every button press is checked first (the prediction exists, is the presser's, and its
+photo is still kept); a rejected press raises ``FeedbackRejected`` and changes nothing.
+A confirmed or corrected photo is filed once by content hash under
+``<data_dir>/images/<label>/<sha1>.jpg`` with an ``images`` row, and becomes training
+data. The newest answer counts: a later correction moves the file and relabels the row.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.services.errors import NotYourPrediction, PredictionExpired, UnknownLabel, UnknownPrediction
+from bot.store.models import Feedback, Image, Prediction, Suggestion, User
+from bot.store.repositories import (
+    FeedbackRepository,
+    ImageRepository,
+    PredictionRepository,
+    SuggestionRepository,
+    UserRepository,
+)
+
+log = logging.getLogger(__name__)
+MAX_SUGGESTION = 200
+
+
+@dataclass(frozen=True)
+class PredictionView:
+    """What the handlers need of a prediction to redraw its message."""
+
+    id: int
+    verdict: str
+    labels: list[str]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """A stored confirmation or correction, for listeners such as the learning loop's memory."""
+
+    prediction_id: int
+    user_id: int
+    is_admin: bool
+    image_sha1: str
+    label: str
+    image_path: Path
+
+
+class FeedbackListener(Protocol):
+    """Told after a confirmation or correction is committed."""
+
+    def on_feedback(self, event: FeedbackEvent) -> None: ...
+
+
+def view_of(prediction: Prediction) -> PredictionView:
+    """The handler-facing copy of a prediction row."""
+    return PredictionView(prediction.id, prediction.verdict, [t["label"] for t in prediction.top],
+                          [float(t["score"]) for t in prediction.top])
+
+
+class FeedbackService:
+    """Stores what users say about predictions."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, data_dir: Path, retention_days: int,
+                 known_label: Callable[[str], bool], admin_ids: frozenset[int]) -> None:
+        self.sessions = sessions
+        self.data_dir = data_dir
+        self.images_dir = data_dir / "images"
+        self.retention = timedelta(days=retention_days)
+        self.known_label = known_label
+        self.admin_ids = admin_ids
+        self.listeners: list[FeedbackListener] = []
+
+    # --- checks -------------------------------------------------------------
+    def _checked(self, session: Session, prediction_id: int, user_id: int) -> Prediction:
+        """The prediction if this user may act on it now, else a ``FeedbackRejected``."""
+        prediction = PredictionRepository(session).get(prediction_id)
+        if prediction is None:
+            raise UnknownPrediction()
+        if prediction.user_id != user_id:
+            raise NotYourPrediction()
+        created = prediction.created_at
+        if created.tzinfo is None:  # SQLite hands back naive datetimes
+            created = created.replace(tzinfo=timezone.utc)
+        if prediction.pending_path is None or created < datetime.now(timezone.utc) - self.retention:
+            raise PredictionExpired()
+        return prediction
+
+    def check(self, prediction_id: int, user_id: int) -> PredictionView:
+        """Validate a press that only redraws (Wrong, page arrows, "It is a sneaker")."""
+        with self.sessions() as session:
+            return view_of(self._checked(session, prediction_id, user_id))
+
+    # --- answers ------------------------------------------------------------
+    def confirm(self, prediction_id: int, user_id: int) -> str:
+        """The top guess was right; returns the confirmed label."""
+        with self.sessions() as session:
+            label = self._checked(session, prediction_id, user_id).top[0]["label"]
+        return self._label(prediction_id, user_id, "correct", label)
+
+    def correct(self, prediction_id: int, user_id: int, label: str) -> str:
+        """The user picked ``label`` from the list; returns it."""
+        if not self.known_label(label):
+            raise UnknownLabel()
+        return self._label(prediction_id, user_id, "wrong", label)
+
+    def not_listed(self, prediction_id: int, user_id: int) -> None:
+        """The model is not in the list: wait for the user to type its name."""
+        with self.sessions.begin() as session:
+            prediction = self._checked(session, prediction_id, user_id)
+            FeedbackRepository(session).add(Feedback(prediction_id=prediction.id, user_id=user_id,
+                                                     verdict="not_listed", label=None))
+            self._unfile(session, prediction, user_id)
+            self._user(session, user_id).awaiting_suggestion_for = prediction.id
+
+    def suggest(self, user_id: int, text: str) -> Suggestion | None:
+        """Store a typed name if the user was asked for one; None when they were not."""
+        with self.sessions.begin() as session:
+            user = UserRepository(session).get(user_id)
+            if user is None or user.awaiting_suggestion_for is None:
+                return None
+            suggestion = SuggestionRepository(session).add(Suggestion(
+                prediction_id=user.awaiting_suggestion_for, user_id=user_id, text=text.strip()[:MAX_SUGGESTION]))
+            user.awaiting_suggestion_for = None
+            return suggestion
+
+    # --- storing ------------------------------------------------------------
+    def _label(self, prediction_id: int, user_id: int, verdict: str, label: str) -> str:
+        """Store a labelled answer and file the photo under that label, in one transaction."""
+        with self.sessions.begin() as session:
+            prediction = self._checked(session, prediction_id, user_id)
+            FeedbackRepository(session).add(Feedback(prediction_id=prediction.id, user_id=user_id,
+                                                     verdict=verdict, label=label))
+            user = self._user(session, user_id)
+            user.awaiting_suggestion_for = None
+            path = self._file(session, prediction, label, user_id)
+            event = FeedbackEvent(prediction.id, user_id, user_id in self.admin_ids, prediction.image_sha1,
+                                  label, path)
+        for listener in self.listeners:
+            listener.on_feedback(event)
+        return label
+
+    def _user(self, session: Session, user_id: int) -> User:
+        """The presser's row (created by identify, so it exists)."""
+        return UserRepository(session).ensure(user_id, username=None, is_admin=user_id in self.admin_ids)
+
+    def _file(self, session: Session, prediction: Prediction, label: str, user_id: int) -> Path:
+        """Copy the pending photo to ``images/<label>/<sha1>.jpg`` and upsert its row."""
+        relative = Path("images") / label / f"{prediction.image_sha1}.jpg"
+        target = self.data_dir / relative
+        images = ImageRepository(session)
+        image = images.get_by_sha1(prediction.image_sha1)
+        if image is not None and image.source != "user":
+            return self.data_dir / image.path  # a scraped or dataset copy already exists: keep it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copyfile(prediction.pending_path or "", target)
+        if image is None:
+            images.add(Image(sha1=prediction.image_sha1, path=str(relative), label=label, source="user",
+                             status="train", user_id=user_id))
+        elif image.path != str(relative):
+            (self.data_dir / image.path).unlink(missing_ok=True)
+            image.path, image.label, image.status = str(relative), label, "train"
+        else:
+            image.status = "train"
+        return target
+
+    def _unfile(self, session: Session, prediction: Prediction, user_id: int) -> None:
+        """A user photo whose answer is now "not listed" stops being training data."""
+        image = ImageRepository(session).get_by_sha1(prediction.image_sha1)
+        if image is not None and image.source == "user" and image.user_id == user_id:
+            image.status = "review"

@@ -1,0 +1,50 @@
+"""Retention: photos nobody gave feedback on are deleted after ``retention_days``.
+
+Filed photos (confirmed or corrected) live on under ``images/``; their pending copy goes
+too. A pending file shared by a newer prediction of the same photo is kept for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.store.models import Prediction
+from bot.store.repositories import PredictionRepository, RateEventRepository
+
+log = logging.getLogger(__name__)
+
+
+class RetentionService:
+    """Deletes expired pending photos and old rate-limit events."""
+
+    def __init__(self, sessions: sessionmaker[Session], retention_days: int) -> None:
+        self.sessions = sessions
+        self.retention = timedelta(days=retention_days)
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Delete what has expired by ``now``; returns how many photos went."""
+        now = now or datetime.now(timezone.utc)
+        cutoff = now - self.retention
+        deleted = 0
+        with self.sessions.begin() as session:
+            for prediction in PredictionRepository(session).with_pending_photo_before(cutoff):
+                path = prediction.pending_path or ""
+                prediction.pending_path = None
+                if not self._still_needed(session, path, cutoff):
+                    Path(path).unlink(missing_ok=True)
+                    deleted += 1
+            RateEventRepository(session).purge_before(now - timedelta(days=1))
+        if deleted:
+            log.info("retention deleted %d pending photos", deleted)
+        return deleted
+
+    @staticmethod
+    def _still_needed(session: Session, path: str, cutoff: datetime) -> bool:
+        """Whether a younger prediction still waits on the same pending file."""
+        query = select(Prediction.id).where(Prediction.pending_path == path, Prediction.created_at >= cutoff)
+        return session.scalars(query).first() is not None

@@ -1,0 +1,168 @@
+"""Repositories: the queries the services need, one class per table, each over a ``Session``.
+
+They never commit: the caller (a service) owns the transaction, so one user action is
+stored all together or not at all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.store.models import Feedback, Image, Prediction, RateEvent, Suggestion, User
+
+
+class UserRepository:
+    """Telegram users, created on their first stored action."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, user_id: int) -> User | None:
+        """The user, or None."""
+        return self.session.get(User, user_id)
+
+    def ensure(self, user_id: int, *, username: str | None, is_admin: bool) -> User:
+        """The user row, created on first sight; the admin flag follows the settings."""
+        user = self.session.get(User, user_id)
+        if user is None:
+            try:
+                with self.session.begin_nested():  # two photos of one album may race to create the user
+                    user = User(id=user_id, username=username, is_admin=is_admin)
+                    self.session.add(user)
+            except IntegrityError:
+                user = self.session.get(User, user_id, populate_existing=True)
+                assert user is not None
+        if user.is_admin != is_admin or (username and user.username != username):
+            user.is_admin = is_admin
+            user.username = username or user.username
+        return user
+
+
+class PredictionRepository:
+    """Answers the bot gave; their ids travel in button data."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, prediction: Prediction) -> Prediction:
+        """Insert and return it with its id."""
+        self.session.add(prediction)
+        self.session.flush()
+        return prediction
+
+    def get(self, prediction_id: int) -> Prediction | None:
+        """The prediction, or None."""
+        return self.session.get(Prediction, prediction_id)
+
+    def with_pending_photo_before(self, before: datetime) -> list[Prediction]:
+        """Predictions older than ``before`` whose photo still waits in the pending folder."""
+        query = select(Prediction).where(
+            Prediction.created_at < before, Prediction.pending_path.is_not(None)
+        )
+        return list(self.session.scalars(query))
+
+    def count(self) -> int:
+        """How many predictions exist."""
+        return self.session.scalar(select(func.count()).select_from(Prediction)) or 0
+
+
+class FeedbackRepository:
+    """Confirmations and corrections; the newest per prediction counts."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, feedback: Feedback) -> Feedback:
+        """Insert one feedback row."""
+        self.session.add(feedback)
+        self.session.flush()
+        return feedback
+
+    def for_prediction(self, prediction_id: int) -> list[Feedback]:
+        """All feedback on a prediction, oldest first."""
+        query = select(Feedback).where(Feedback.prediction_id == prediction_id).order_by(Feedback.id)
+        return list(self.session.scalars(query))
+
+    def latest(self, prediction_id: int) -> Feedback | None:
+        """The feedback that counts for a prediction."""
+        rows = self.for_prediction(prediction_id)
+        return rows[-1] if rows else None
+
+    def has_any(self, prediction_id: int) -> bool:
+        """Whether anyone answered this prediction."""
+        query = select(func.count()).select_from(Feedback).where(Feedback.prediction_id == prediction_id)
+        return bool(self.session.scalar(query))
+
+
+class ImageRepository:
+    """Labelled images stored once by content hash (users, scraper, datasets)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_by_sha1(self, sha1: str) -> Image | None:
+        """The image with that content hash, or None."""
+        return self.session.scalar(select(Image).where(Image.sha1 == sha1))
+
+    def exists(self, sha1: str) -> bool:
+        """Whether an image with that content hash is already stored."""
+        return self.get_by_sha1(sha1) is not None
+
+    def add(self, image: Image) -> Image:
+        """Insert one image row."""
+        self.session.add(image)
+        self.session.flush()
+        return image
+
+    def count_by_label(self) -> dict[str, int]:
+        """Training images per label."""
+        query = select(Image.label, func.count()).where(Image.status == "train").group_by(Image.label)
+        return {label: count for label, count in self.session.execute(query)}
+
+
+class SuggestionRepository:
+    """Names users typed under "Not listed"."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, suggestion: Suggestion) -> Suggestion:
+        """Insert one suggestion."""
+        self.session.add(suggestion)
+        self.session.flush()
+        return suggestion
+
+    def for_user(self, user_id: int) -> list[Suggestion]:
+        """A user's suggestions, oldest first."""
+        query = select(Suggestion).where(Suggestion.user_id == user_id).order_by(Suggestion.id)
+        return list(self.session.scalars(query))
+
+
+class RateEventRepository:
+    """Photo timestamps per user for the rate limit."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def count_since(self, user_id: int, since: datetime) -> int:
+        """Photos the user sent since ``since``."""
+        query = (
+            select(func.count())
+            .select_from(RateEvent)
+            .where(RateEvent.user_id == user_id, RateEvent.created_at >= since)
+        )
+        return self.session.scalar(query) or 0
+
+    def add(self, user_id: int, at: datetime) -> None:
+        """Record one photo."""
+        self.session.add(RateEvent(user_id=user_id, created_at=at))
+
+    def purge_before(self, before: datetime) -> int:
+        """Forget events older than ``before``."""
+        result = self.session.execute(delete(RateEvent).where(RateEvent.created_at < before))
+        return result.rowcount or 0
+

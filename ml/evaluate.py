@@ -1,0 +1,124 @@
+"""Metrics from model outputs: top-k accuracy, per-class precision/recall, verdict rates, subsets.
+
+``compute_metrics`` works on arrays (used at training time on val and test);
+``evaluate_dir`` runs a ``Predictor`` over a dataset folder (``sneakerbot eval``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VERDICTS = ("sneaker", "unsure", "not_sneaker")
+
+# Class subsets reported separately when all their labels are present (the original project's five).
+SUBSETS: dict[str, list[str]] = {
+    "air_jordan_1-5": [f"air_jordan_{i}" for i in range(1, 6)],
+}
+
+
+def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict) -> np.ndarray:
+    """The verdict rule the Predictor applies, vectorised."""
+    top1 = probs.max(1)
+    out = np.where(top1 >= thresholds["unsure"], "sneaker", "unsure").astype(object)
+    out[footwear < thresholds["footwear"]] = "not_sneaker"
+    return out
+
+
+def topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Boolean per row: is the true class among the k most probable."""
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return (top == y[:, None]).any(1)
+
+
+def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], *,
+                    footwear: np.ndarray | None = None, thresholds: dict | None = None) -> dict:
+    """Top-1/top-3, per-class precision and recall, verdict rates and class-subset figures."""
+    n = len(y)
+    if n == 0:
+        return {"n": 0}
+    pred = probs.argmax(1)
+    metrics: dict = {"n": int(n), "top1": float((pred == y).mean()), "top3": float(topk_hits(probs, y, 3).mean())}
+    per_class = {}
+    for i, label in enumerate(classes):
+        tp = int(((pred == i) & (y == i)).sum())
+        support, predicted = int((y == i).sum()), int((pred == i).sum())
+        per_class[label] = {"precision": tp / predicted if predicted else 0.0,
+                            "recall": tp / support if support else 0.0, "support": support}
+    metrics["per_class"] = per_class
+    if footwear is not None and thresholds is not None:
+        v = verdicts(probs, footwear, thresholds)
+        metrics["verdicts"] = {name: float((v == name).mean()) for name in VERDICTS}
+        sure = v == "sneaker"
+        metrics["sneaker_verdict_top1"] = float((pred[sure] == y[sure]).mean()) if sure.any() else None
+    metrics["subsets"] = subset_metrics(probs, y, classes)
+    return metrics
+
+
+def subset_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict:
+    """For each known subset: accuracy of its images among all classes and restricted to the subset."""
+    out = {}
+    index = {c: i for i, c in enumerate(classes)}
+    for name, labels in SUBSETS.items():
+        if not all(label in index for label in labels) or len(labels) == len(classes):
+            continue
+        cols = np.array([index[label] for label in labels])
+        rows = np.isin(y, cols)
+        if not rows.any():
+            continue
+        sub_probs, sub_y = probs[rows], y[rows]
+        remap = {c: j for j, c in enumerate(cols)}
+        restricted = sub_probs[:, cols]
+        ry = np.array([remap[v] for v in sub_y])
+        out[name] = {
+            "n": int(rows.sum()),
+            "top1_among_all_classes": float((sub_probs.argmax(1) == sub_y).mean()),
+            "top3_among_all_classes": float(topk_hits(sub_probs, sub_y, 3).mean()),
+            "top1_restricted_to_subset": float((restricted.argmax(1) == ry).mean()),
+        }
+    return out
+
+
+def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_size: int = 32) -> dict:
+    """Run the predictor over ``data_dir/<label>/*`` (optionally one split of the model's seed)."""
+    from ml.data import index_dataset, split_dataset
+
+    index = index_dataset(data_dir)
+    frame = index.frame
+    if split:
+        seed = int(predictor.info.config.get("seed", 0))
+        frame = split_dataset(frame, seed=seed, val=predictor.info.config.get("val_fraction", 0.15),
+                              test=predictor.info.config.get("test_fraction", 0.15))
+        frame = frame[frame["split"] == split]
+    known = {c.label for c in predictor.classes}
+    unknown = frame[~frame["label"].isin(known)]
+    frame = frame[frame["label"].isin(known)].reset_index(drop=True)
+    labels = [c.label for c in predictor.classes]
+    class_to_idx = {c: i for i, c in enumerate(labels)}
+    probs, footwear = predictor.predict_arrays(list(frame["path"]), batch_size=batch_size)
+    y = np.array([class_to_idx[c] for c in frame["label"]], dtype=int)
+    report = compute_metrics(probs, y, labels, footwear=footwear, thresholds=predictor.thresholds)
+    report.update({"data_dir": str(data_dir), "split": split, "skipped_unknown_labels": int(len(unknown)),
+                   "problems": int(len(index.problems)), "model": str(predictor.info.model_dir)})
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A readable eval report for the terminal."""
+    if not report.get("n"):
+        return "no images with known labels"
+    lines = [f"images: {report['n']}  top-1: {report['top1']:.1%}  top-3: {report['top3']:.1%}"]
+    if "verdicts" in report:
+        lines.append("verdicts: " + ", ".join(f"{k} {v:.1%}" for k, v in report["verdicts"].items()))
+    for name, sub in report.get("subsets", {}).items():
+        lines.append(f"{name} ({sub['n']} images): top-1 among all classes {sub['top1_among_all_classes']:.1%}, "
+                     f"restricted to the subset {sub['top1_restricted_to_subset']:.1%}")
+    table = pd.DataFrame(report["per_class"]).T
+    lines.append(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    if report.get("skipped_unknown_labels"):
+        lines.append(f"skipped {report['skipped_unknown_labels']} images of labels the model does not know")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""Turn fitted weights into a self-describing model directory.
+
+Runs the exact served network (``SneakerNet``, with fp16-rounded weights when those are what
+ships) over val and test, calibrates the thresholds on val, measures on test, draws the
+plots, exports ONNX and writes model.json and README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ml import artifacts
+from ml.backbones import Backbone, Preprocessing
+from ml.calibrate import calibrate_thresholds
+from ml.evaluate import compute_metrics
+from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
+from ml.plots import plot_confusion, plot_curves, plot_examples
+from ml.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+MAX_DIR_BYTES = 25 * 1024 * 1024  # keep model dirs small enough for the repo; ONNX is rebuilt on load otherwise
+EXAMPLES = 36
+
+
+def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str], frame: pd.DataFrame,
+                   prep: Preprocessing, history: list[dict], snapshot: dict) -> Path:
+    """Evaluate, calibrate, plot and write the model directory; returns its path."""
+    from ml.train import ImageFrameDataset
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    finetuned = cfg.mode == "finetune"
+    backbone.eval()
+    head.eval()
+    if finetuned:
+        artifacts.round_to_fp16(backbone)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    imagenet_valid = backbone.has_imagenet_head and (not finetuned or backbone.finetune_state().get("imagenet_branch"))
+    centroids = None
+    if not imagenet_valid:
+        centroids = _class_centroids(backbone, frame[frame["split"] == "train"], class_to_idx, prep, cfg.progress)
+    if imagenet_valid:
+        footwear = make_footwear(backbone)
+    else:
+        from ml.model import CentroidFootwear
+
+        footwear = CentroidFootwear(centroids)
+    net = SneakerNet(backbone, head, footwear).eval().to(memory_format=torch.channels_last)
+
+    outputs = {}
+    for split in ("val", "test"):
+        part = frame[frame["split"] == split].reset_index(drop=True)
+        ds = ImageFrameDataset(part, class_to_idx, eval_transform(prep))
+        outputs[split] = (part, *_run(net, ds, f"final {split}", cfg.progress))
+    val_part, val_probs, val_fw = outputs["val"]
+    y_val = np.array([class_to_idx[c] for c in val_part["label"]], dtype=int)
+    thresholds = calibrate_thresholds(val_probs, y_val, val_fw, target_precision=cfg.target_precision,
+                                      footwear_quantile=cfg.footwear_quantile,
+                                      method="imagenet" if imagenet_valid else "centroid")
+    metrics = {}
+    for split, (part, probs, fw) in outputs.items():
+        y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
+        metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds)
+    _plots(out, history, outputs["test"], classes, class_to_idx, cfg)
+
+    files = artifacts.save_weights(out, net, finetuned=finetuned)
+    meta = {
+        "format_version": artifacts.FORMAT_VERSION,
+        "version": None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": {"name": cfg.backbone, "finetuned": finetuned, **backbone.finetune_state(),
+                     "feature_dim": backbone.feature_dim},
+        "preprocessing": prep.to_dict(),
+        "classes": [{"label": c, "display_name": artifacts.display_name(c)} for c in classes],
+        "footwear": {"method": footwear.method,
+                     **({"imagenet_classes": {str(k): v for k, v in IMAGENET_FOOTWEAR.items()}}
+                        if imagenet_valid else {})},
+        "thresholds": thresholds,
+        "metrics": metrics,
+        "config": asdict(cfg),
+        "data": snapshot,
+        "history": history,
+        "files": {**files, "onnx": None},
+    }
+    artifacts.write_model_json(out, meta)
+    meta["files"]["onnx"] = _maybe_export_onnx(out, net, prep, meta)
+    meta["onnx_check"] = _onnx_check(out, net, prep, outputs["val"][0], meta["files"]["onnx"])
+    artifacts.write_model_json(out, meta)
+    write_readme(out, meta)
+    log.info("model written to %s (test top-1 %.3f, top-3 %.3f)", out, metrics["test"].get("top1", float("nan")),
+             metrics["test"].get("top3", float("nan")))
+    return out
+
+
+@torch.inference_mode()
+def _run(net: SneakerNet, ds, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    probs, footwear = [], []
+    for images, _ in tqdm(DataLoader(ds, batch_size=64), desc=desc, unit="batch", disable=not progress, leave=False):
+        p, _, fw = net(images.contiguous(memory_format=torch.channels_last))
+        probs.append(p.numpy())
+        footwear.append(fw.numpy())
+    if not probs:
+        return np.zeros((0, net.head.fc.out_features), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(probs), np.concatenate(footwear)
+
+
+@torch.inference_mode()
+def _class_centroids(backbone: Backbone, train: pd.DataFrame, class_to_idx: dict, prep: Preprocessing,
+                     progress: bool) -> torch.Tensor:
+    from ml.train import ImageFrameDataset
+
+    sums = torch.zeros(len(class_to_idx), backbone.feature_dim)
+    ds = ImageFrameDataset(train, class_to_idx, eval_transform(prep))
+    for images, targets in tqdm(DataLoader(ds, batch_size=64), desc="centroids", disable=not progress, leave=False):
+        feats = torch.nn.functional.normalize(backbone(images), dim=1)
+        sums.index_add_(0, targets, feats)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def _plots(out: Path, history: list[dict], test, classes: list[str], class_to_idx: dict, cfg) -> None:
+    part, probs, _ = test
+    plots = out / "plots"
+    title = f"{cfg.backbone} {cfg.mode}"
+    plot_curves(history, plots / "curves.png", title)
+    if not len(part):
+        return
+    y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
+    pred = probs.argmax(1)
+    plot_confusion(y, pred, classes, plots / "confusion.png", f"{title}: test")
+    rng = np.random.default_rng(cfg.seed)
+    wrong = np.flatnonzero(pred != y)
+    right = np.flatnonzero(pred == y)
+    n_wrong = min(len(wrong), EXAMPLES // 3)
+    pick = np.concatenate([rng.choice(wrong, n_wrong, replace=False) if n_wrong else [],
+                           rng.choice(right, min(len(right), EXAMPLES - n_wrong), replace=False)]).astype(int)
+    pick = np.sort(pick)
+    plot_examples(list(part["path"].iloc[pick]), [classes[i] for i in y[pick]], [classes[i] for i in pred[pick]],
+                  list(probs[pick].max(1)), plots / "examples.png",
+                  title=f"{title}: test examples, wrong in red ({len(wrong)} of {len(y)} wrong)")
+
+
+def _maybe_export_onnx(out: Path, net: SneakerNet, prep: Preprocessing, meta: dict) -> str | None:
+    """Export into the model dir when it fits the size budget; otherwise it is built on first load."""
+    from ml.onnx_export import export_onnx
+
+    path = out / artifacts.ONNX_FILE
+    export_onnx(net, path, prep.size)
+    if artifacts.dir_size(out) > MAX_DIR_BYTES:
+        log.info("model.onnx would take the model dir over %d MB: it is built on first load instead",
+                 MAX_DIR_BYTES // 2**20)
+        path.unlink()
+        return None
+    return artifacts.ONNX_FILE
+
+
+def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFrame, onnx_file: str | None) -> dict:
+    """Max absolute difference between ONNX Runtime and PyTorch outputs on a few val images."""
+    from ml.images import open_image
+    from ml.onnx_export import export_onnx, onnx_session, run_session
+
+    path = out / onnx_file if onnx_file else export_onnx(net, out / ".check.onnx", prep.size)
+    try:
+        transform = eval_transform(prep)
+        batch = torch.stack([transform(open_image(Path(p), min_side=1)) for p in val["path"].head(8)])
+        if not len(batch):
+            return {}
+        with torch.inference_mode():
+            expected = [t.numpy() for t in net(batch)]
+        got = run_session(onnx_session(path, threads=2), batch.numpy())
+        return {"images": int(len(batch)), "max_abs_diff": {name: float(np.abs(a - b).max()) for name, a, b in
+                                                            zip(("probs", "embedding", "footwear"), expected, got)}}
+    finally:
+        if not onnx_file:
+            path.unlink(missing_ok=True)
+
+
+def write_readme(out: Path, meta: dict) -> Path:
+    """README.md: how the model was made and its test metrics."""
+    cfg, test, val = meta["config"], meta["metrics"].get("test", {}), meta["metrics"].get("val", {})
+    th = meta["thresholds"]
+    lines = [
+        f"# sneakerbot model: {meta['backbone']['name']} ({cfg['mode']})",
+        "",
+        f"Created {meta['created']} by `sneakerbot train {cfg['data_dir']} --backbone {cfg['backbone']} "
+        f"--mode {cfg['mode']} --epochs {cfg['epochs']} --image-size {cfg['image_size']}"
+        + (f" --trainable-stages {cfg['trainable_stages']}" if cfg.get("trainable_stages") else "")
+        + (f" --exclude {cfg['exclude_file']}" if cfg.get("exclude_file") else "") + "`.",
+        "",
+        f"- Classes: {len(meta['classes'])} ({', '.join(c['display_name'] for c in meta['classes'][:6])}, ...)",
+        f"- Data: {meta['data'].get('images')} images, split (seed {cfg['seed']}) "
+        f"{meta['data'].get('splits')}; left out of train by the label audit: "
+        f"{meta['data'].get('excluded_from_train', 0)}",
+        f"- Input: {meta['preprocessing']['size']} px ({meta['preprocessing']['resize']}), "
+        f"footwear score: {meta['footwear']['method']}",
+        f"- Thresholds (calibrated on val): footwear >= {th['footwear']:.3f}, top-1 confidence >= "
+        f"{th['unsure']:.3f} for a sure answer",
+        "",
+        "## Metrics",
+        "",
+        "| split | images | top-1 | top-3 |",
+        "|---|---|---|---|",
+        f"| val | {val.get('n')} | {val.get('top1', 0):.1%} | {val.get('top3', 0):.1%} |",
+        f"| test | {test.get('n')} | {test.get('top1', 0):.1%} | {test.get('top3', 0):.1%} |",
+        "",
+    ]
+    for name, sub in test.get("subsets", {}).items():
+        lines += [f"Test images of {name} ({sub['n']}): top-1 {sub['top1_among_all_classes']:.1%} when the model "
+                  f"chooses among all {len(meta['classes'])} classes; {sub['top1_restricted_to_subset']:.1%} when "
+                  f"its answer is restricted to those classes (the original project's 5-class setting).", ""]
+    if "verdicts" in test:
+        lines += ["Verdicts on test (all are sneakers): " + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()),
+                  ""]
+    lines += ["Plots: `plots/curves.png`, `plots/confusion.png`, `plots/examples.png` (wrong answers in red).", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,194 @@
+"""Inference from a model directory: ``Predictor.load(model_dir, backend="onnx"|"torch")``.
+
+ONNX Runtime is the fast path; PyTorch is the fallback (and what training uses). Both run
+the same ``SneakerNet`` graph, so they give the same answers within float tolerance.
+When a model directory ships without ``model.onnx`` (to keep the repo small), the graph is
+exported once on first load into a cache directory, keyed by the weights' sha1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ml import artifacts
+from ml.artifacts import ClassInfo, ModelInfo
+from ml.errors import ModelDirError
+from ml.images import ImageSource, open_image
+from ml.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One candidate answer."""
+
+    label: str
+    display_name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image: top-k guesses, a verdict, the footwear score and the embedding."""
+
+    top: list[Guess]
+    verdict: str  # "sneaker" | "unsure" | "not_sneaker"
+    footwear_score: float
+    embedding: np.ndarray
+
+    @property
+    def best(self) -> Guess:
+        """The most probable guess."""
+        return self.top[0]
+
+    def to_dict(self) -> dict:
+        """JSON-ready (without the embedding)."""
+        return {"top": [{"label": g.label, "display_name": g.display_name, "score": round(g.score, 4)}
+                        for g in self.top],
+                "verdict": self.verdict, "footwear_score": round(self.footwear_score, 4)}
+
+
+def default_cache_dir() -> Path:
+    """Where ONNX builds go when the caller names no cache directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sneakerbot" / "onnx"
+
+
+class Predictor:
+    """A loaded model. Thread-safe for concurrent ``predict`` calls on the ONNX backend."""
+
+    def __init__(self, info: ModelInfo, classes: list[ClassInfo], runner, backend: str) -> None:
+        self.info, self.classes, self.backend = info, classes, backend
+        self._runner = runner
+        self._transform = eval_transform(info.preprocessing)
+        self._names = {c.label: c.display_name for c in classes}
+        self.thresholds = {"footwear": float(info.thresholds["footwear"]), "unsure": float(info.thresholds["unsure"])}
+
+    @classmethod
+    def load(cls, model_dir: Path | str, *, backend: str = "onnx", cache_dir: Path | str | None = None,
+             threads: int | None = None, thresholds: dict | None = None) -> Predictor:
+        """Load a model directory; ``thresholds`` overrides (None values keep the model's own)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        model_dir = Path(model_dir)
+        meta = artifacts.read_model_json(model_dir)
+        info = artifacts.model_info(model_dir, meta)
+        classes = artifacts.classes_of(meta)
+        if backend == "onnx":
+            path = _onnx_path(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info)
+            runner = _OnnxRunner(path, threads)
+        else:
+            runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads)
+        predictor = cls(info, classes, runner, backend)
+        for key, value in (thresholds or {}).items():
+            if value is not None:
+                predictor.thresholds[key] = float(value)
+        return predictor
+
+    # ----------------------------------------------------------------- public API
+
+    def display_name(self, label: str) -> str:
+        """The name users see for a label (falls back to a prettified label)."""
+        return self._names.get(label) or artifacts.display_name(label)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class labels in model order."""
+        return [c.label for c in self.classes]
+
+    def predict(self, images: Sequence[ImageSource] | ImageSource, k: int = 3, *,
+                batch_size: int = 16) -> list[Prediction]:
+        """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input."""
+        probs, embedding, footwear = self._infer(_as_list(images), batch_size)
+        return [self._prediction(p, e, f, k) for p, e, f in zip(probs, embedding, footwear)]
+
+    def embed(self, images: Sequence[ImageSource] | ImageSource, *, batch_size: int = 16) -> np.ndarray:
+        """L2-normalised features ``[N, D]`` (the memory's vectors)."""
+        return self._infer(_as_list(images), batch_size)[1]
+
+    def predict_arrays(self, images: Sequence[ImageSource], *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (probs [N, C], footwear [N]) for evaluation."""
+        probs, _, footwear = self._infer(list(images), batch_size)
+        return probs, footwear
+
+    # ----------------------------------------------------------------- internals
+
+    def _infer(self, images: list[ImageSource], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        outs = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            batch = torch.stack([self._transform(open_image(img)) for img in chunk]).numpy()
+            outs.append(self._runner(batch))
+        if not outs:
+            n = len(self.classes)
+            return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+        return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+    def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, k: int) -> Prediction:
+        order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
+        top = [Guess(self.classes[i].label, self.classes[i].display_name, float(probs[i])) for i in order]
+        if footwear < self.thresholds["footwear"]:
+            verdict = "not_sneaker"
+        elif top[0].score < self.thresholds["unsure"]:
+            verdict = "unsure"
+        else:
+            verdict = "sneaker"
+        return Prediction(top=top, verdict=verdict, footwear_score=float(footwear), embedding=embedding)
+
+
+def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
+    if isinstance(images, (bytes, str, Path)) or hasattr(images, "mode"):
+        return [images]  # type: ignore[list-item]
+    return list(images)  # type: ignore[arg-type]
+
+
+class _OnnxRunner:
+    def __init__(self, path: Path, threads: int | None) -> None:
+        from ml.onnx_export import onnx_session
+
+        self.session = onnx_session(path, threads)
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from ml.onnx_export import run_session
+
+        return run_session(self.session, batch)
+
+
+class _TorchRunner:
+    def __init__(self, net, threads: int | None) -> None:
+        self.net = net.eval().to(memory_format=torch.channels_last)  # faster depthwise convs on CPU
+        if threads:
+            torch.set_num_threads(threads)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+        probs, embedding, footwear = self.net(x)
+        return probs.numpy(), embedding.numpy(), footwear.numpy()
+
+
+def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo) -> Path:
+    """The shipped model.onnx, or a cached build of it (exported now if missing)."""
+    shipped = meta.get("files", {}).get("onnx")
+    if shipped and (model_dir / shipped).is_file():
+        return model_dir / shipped
+    cached = cache_dir / f"{artifacts.weights_fingerprint(model_dir, meta)}.onnx"
+    if cached.is_file():
+        return cached
+    from ml.onnx_export import export_onnx
+
+    log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
+    try:
+        return export_onnx(artifacts.load_net(model_dir, meta), cached, info.preprocessing.size)
+    except OSError as exc:
+        raise ModelDirError(f"cannot write the ONNX build of {model_dir} to {cache_dir}: {exc}") from exc

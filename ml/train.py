@@ -1,0 +1,339 @@
+"""Training: ``head`` (frozen backbone, cached embeddings) and ``finetune`` (partial or full).
+
+A flat script in the torchvision-references style: ``train_one_epoch``, ``evaluate_loader``,
+``run_training(config)``. Fine-tuning checkpoints every epoch (``checkpoints/last.pt``, and
+``best.pt`` on a new best val accuracy) and resumes from ``last.pt``, because a run on a
+2-core CPU takes an hour and must survive an interruption. After fitting, the best weights
+are finalised into a self-describing model directory (``ml.finalize``); a resume of a run
+whose epochs are all done only finalises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ml.backbones import Backbone, Preprocessing, create_backbone
+from ml.data import class_weights, index_dataset, split_dataset
+from ml.errors import BadImage, DatasetError
+from ml.images import open_image
+from ml.model import Classifier
+from ml.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+MODES = ("head", "finetune")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved resolved into model.json so a model says how it was made."""
+
+    data_dir: str
+    out_dir: str
+    backbone: str = "efficientnet_lite0"
+    mode: str = "head"
+    epochs: int | None = None  # head: 200 full-batch steps x this; finetune: passes over train
+    batch_size: int = 32
+    lr: float | None = None
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    image_size: int | None = None  # None: the backbone's own
+    trainable_stages: int | None = None  # finetune: last N stages train (None: backbone default)
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    patience: int = 4
+    aug_views: int = 2  # head mode: augmented views embedded per train image
+    flip_view: bool = True  # head mode: also embed the mirrored image
+    exclude_file: str | None = None  # csv/txt of sha1s to leave out of train (label audit)
+    cache_dir: str | None = None
+    threads: int | None = None
+    device: str | None = None
+    pretrained: bool = True
+    dropout: float = 0.2
+    progress: bool = True
+    target_precision: float = 0.9  # unsure threshold: confident answers must be this precise on val
+    footwear_quantile: float = 0.02  # footwear threshold: this share of val sneakers may be "not_sneaker"
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self, backbone: Backbone) -> TrainConfig:
+        """Fill the defaults that depend on the mode and the backbone."""
+        cfg = TrainConfig(**asdict(self))
+        if cfg.mode not in MODES:
+            raise ValueError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
+        cfg.image_size = cfg.image_size or backbone.preprocessing.size
+        if cfg.mode == "finetune":
+            cfg.epochs = cfg.epochs or 10
+            cfg.lr = cfg.lr or (3e-3 if backbone.from_scratch else 1e-3)
+            if cfg.trainable_stages is None and not backbone.from_scratch:
+                cfg.trainable_stages = DEFAULT_TRAINABLE.get(backbone.name)
+        else:
+            cfg.epochs = cfg.epochs or 300
+            cfg.lr = cfg.lr or 3e-3
+        return cfg
+
+
+# Stages trained by default in finetune mode: EfficientNet-Lite0 blocks 8-15 + head conv.
+DEFAULT_TRAINABLE: dict[str, int] = {"efficientnet_lite0": 9, "resnet18": 2}
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ImageFrameDataset(Dataset):
+    """Rows of an index frame as (tensor, class index); unreadable files become a blank image."""
+
+    def __init__(self, frame: pd.DataFrame, class_to_idx: dict[str, int], transform) -> None:
+        self.paths = frame["path"].tolist()
+        self.targets = [class_to_idx[label] for label in frame["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            image = open_image(Path(self.paths[i]), min_side=1)
+        except (BadImage, OSError):  # verified at index time; a file changed since then
+            from PIL import Image
+
+            image = Image.new("RGB", (64, 64), "white")
+        return self.transform(image), self.targets[i]
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
+    """Index, split and apply the exclusion list (train only). Returns frame, classes, snapshot."""
+    index = index_dataset(cfg.data_dir, progress=cfg.progress)
+    if index.frame["label"].nunique() < 2:
+        raise DatasetError(f"{cfg.data_dir}: need at least two class folders with images")
+    frame = split_dataset(index.frame, seed=cfg.seed, val=cfg.val_fraction, test=cfg.test_fraction)
+    excluded = 0
+    if cfg.exclude_file:
+        bad = read_exclusions(Path(cfg.exclude_file))
+        drop = (frame["split"] == "train") & frame["sha1"].isin(bad)
+        excluded = int(drop.sum())
+        frame = frame[~drop].reset_index(drop=True)
+    classes = sorted(frame["label"].unique())
+    snapshot = {
+        **index.summary(),
+        "splits": {k: int(v) for k, v in frame["split"].value_counts().items()},
+        "excluded_from_train": excluded,
+        "seed": cfg.seed,
+    }
+    return frame, classes, snapshot
+
+
+def read_exclusions(path: Path) -> set[str]:
+    """sha1s from a label-audit file (csv with a ``sha1`` column, or one sha1 per line)."""
+    if path.suffix == ".csv":
+        return set(pd.read_csv(path)["sha1"].astype(str))
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def pick_device(requested: str | None) -> torch.device:
+    """CUDA when present, CPU otherwise (or what the config asks)."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class FinetuneModel(nn.Module):
+    """Backbone + classifier for training; the footwear branch is only added at finalise time."""
+
+    def __init__(self, backbone: Backbone, head: Classifier) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_finetune_model(cfg: TrainConfig, n_classes: int) -> FinetuneModel:
+    """The backbone with its frozen stages and a fresh head."""
+    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and not _is_scratch(cfg.backbone))
+    if not backbone.from_scratch:
+        backbone.prepare_finetune(cfg.trainable_stages)
+    return FinetuneModel(backbone, Classifier(backbone.feature_dim, n_classes, cfg.dropout))
+
+
+def _is_scratch(name: str) -> bool:
+    return create_backbone(name, pretrained=False).from_scratch
+
+
+def train_one_epoch(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
+                    epoch: int, progress: bool) -> dict:
+    """One pass over train; returns mean loss and accuracy."""
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", disable=not progress, leave=False)
+    for images, targets in bar:
+        images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
+        logits = model(images)
+        loss = criterion(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += len(targets)
+        correct += int((logits.argmax(1) == targets).sum())
+        loss_sum += float(loss.detach()) * len(targets)
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+
+def evaluate_loader(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
+                    device: torch.device, desc: str = "val", progress: bool = True) -> dict:
+    """Loss, top-1 and top-3 accuracy under ``inference_mode``."""
+    model.eval()
+    total, top1, top3, loss_sum = 0, 0, 0, 0.0
+    with torch.inference_mode():
+        for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
+            logits = model(images)
+            loss_sum += float(criterion(logits, targets)) * len(targets)
+            k = min(3, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            top1 += int((topk[:, 0] == targets).sum())
+            top3 += int((topk == targets[:, None]).any(1).sum())
+            total += len(targets)
+    return {"loss": loss_sum / max(total, 1), "acc": top1 / max(total, 1), "top3": top3 / max(total, 1)}
+
+
+def run_finetune(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Fit with per-epoch checkpoints and early stopping on val accuracy, then finalise."""
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    state = None
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig(**state["config"])
+        log.info("resuming %s at epoch %d/%d", out, state["epoch"] + 1, cfg.epochs)
+    _set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    frame, classes, snapshot = prepare_data(cfg)
+    probe = create_backbone(cfg.backbone, pretrained=False)
+    if state is None:
+        cfg = cfg.resolved(probe)
+    prep = probe.preprocessing.with_size(cfg.image_size)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    device = pick_device(cfg.device)
+
+    # channels_last: depthwise convolutions run about 3x faster on CPU in this layout
+    model = build_finetune_model(cfg, len(classes)).to(device, memory_format=torch.channels_last)
+    train_frame = frame[frame["split"] == "train"]
+    train_ds = ImageFrameDataset(train_frame, class_to_idx, train_transform(prep))
+    val_ds = ImageFrameDataset(frame[frame["split"] == "val"], class_to_idx, eval_transform(prep))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batch = min(cfg.batch_size, len(train_ds))  # drop_last: a batch of one breaks BatchNorm
+    train_loader = DataLoader(train_ds, batch_size=batch, shuffle=True, generator=gen, drop_last=True)
+    val_loader = DataLoader(val_ds, batch_size=64)
+    weights = torch.tensor(class_weights(np.array(train_ds.targets), len(classes)), device=device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_criterion = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(steps, 1),
+                                                    pct_start=min(0.3, 1.0 / max(cfg.epochs, 1)))
+    history: list[dict] = []
+    start_epoch, best_acc, stale = 0, -1.0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        gen.set_state(state["gen"])
+        history, best_acc, stale = state["history"], state["best_acc"], state["stale"]
+        start_epoch = state["epoch"] + 1
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log.info("finetune %s: %d train / %d val images, %d classes, %d trainable params, %d px, %d epochs",
+             cfg.backbone, len(train_ds), len(val_ds), len(classes), sum(p.numel() for p in params),
+             cfg.image_size, cfg.epochs)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:
+            log.info("early stop: val accuracy did not improve for %d epochs", stale)
+            break
+        t0 = time.time()
+        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress)
+        va = evaluate_loader(model, val_loader, eval_criterion, device, progress=cfg.progress)
+        history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                        "val_loss": va["loss"], "val_acc": va["acc"], "val_top3": va["top3"],
+                        "seconds": round(time.time() - t0, 1)})
+        improved = va["acc"] > best_acc
+        best_acc, stale = (va["acc"], 0) if improved else (best_acc, stale + 1)
+        log.info("epoch %d/%d train loss %.3f acc %.3f | val loss %.3f acc %.3f top3 %.3f | %.0fs%s",
+                 epoch + 1, cfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], va["top3"],
+                 time.time() - t0, " *" if improved else "")
+        if improved:
+            torch.save({"model": model.state_dict(), "epoch": epoch, "val_acc": va["acc"]}, best_path)
+        checkpoint = {"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                      "history": history, "best_acc": best_acc, "stale": stale, "epoch": epoch,
+                      "classes": classes}
+        torch.save(checkpoint, ckpt_dir / "last.tmp")
+        (ckpt_dir / "last.tmp").replace(last_path)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(best["model"])
+    from ml.finalize import finalize_model  # imported late on purpose: a long run picks up fixes
+
+    return finalize_model(cfg, model.backbone.cpu(), model.head.cpu(), classes, frame, prep, history, snapshot)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- head mode
+
+
+def run_head(cfg: TrainConfig) -> Path:
+    """Frozen backbone: embed (cached by sha1 + backbone), fit a linear head, finalise."""
+    from ml.head_training import fit_head_from_embeddings
+
+    _set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    frame, classes, snapshot = prepare_data(cfg)
+    backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
+    if backbone.from_scratch:
+        log.info("%s has no pretrained weights: training it end to end (finetune mode)", cfg.backbone)
+        cfg.mode = "finetune"
+        return run_finetune(cfg)
+    cfg = cfg.resolved(backbone)
+    prep = backbone.preprocessing.with_size(cfg.image_size)
+    head, history = fit_head_from_embeddings(cfg, backbone, prep, frame, classes)
+    from ml.finalize import finalize_model
+
+    return finalize_model(cfg, backbone, head, classes, frame, prep, history, snapshot)
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Entry point used by the CLI: dispatch on ``cfg.mode``; returns the model directory."""
+    if cfg.mode == "finetune":
+        return run_finetune(cfg, resume=resume)
+    if cfg.mode == "head":
+        return run_head(cfg)
+    raise ValueError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch with drop_last (for budgeting a run)."""
+    return max(1, math.floor(n / batch_size))

@@ -1,0 +1,42 @@
+"""Paired train/eval presets (torchvision references style); inference always uses the eval preset."""
+
+from __future__ import annotations
+
+from torchvision.transforms import v2 as T
+import torch
+
+from ml.backbones import Preprocessing
+
+
+def _resize(prep: Preprocessing) -> T.Transform:
+    """Resize so that a ``prep.size`` crop is ``crop_pct`` of the image."""
+    outer = int(round(prep.size / prep.crop_pct))
+    if prep.resize == "squash":
+        return T.Resize((outer, outer), antialias=True)
+    return T.Resize(outer, antialias=True)
+
+
+def _to_tensor(prep: Preprocessing) -> list[T.Transform]:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)]
+
+
+def train_transform(
+    prep: Preprocessing,
+    *,
+    hflip: float = 0.5,
+    jitter: float = 0.3,
+    random_crop: bool = True,
+) -> T.Compose:
+    """The original project's augmentations: colour jitter, resize, random crop, horizontal flip."""
+    steps: list[T.Transform] = [_resize(prep)]
+    steps.append(T.RandomCrop(prep.size) if random_crop else T.CenterCrop(prep.size))
+    if hflip:
+        steps.append(T.RandomHorizontalFlip(hflip))
+    if jitter:
+        steps.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 10))
+    return T.Compose(steps + _to_tensor(prep))
+
+
+def eval_transform(prep: Preprocessing) -> T.Compose:
+    """Resize and centre crop: shared by evaluation, calibration and inference."""
+    return T.Compose([_resize(prep), T.CenterCrop(prep.size), *_to_tensor(prep)])

@@ -1,0 +1,277 @@
+"""Bounded, safe image downloads.
+
+Why requests in a thread pool (and not httpx/asyncio): every step after the
+download (full decode, perceptual hash, JPEG encode, the footwear model) is
+blocking CPU work that needs a worker thread anyway, and the search sources use
+requests too; one thread pool bounds both the sockets and the CPU work, and one
+HTTP library keeps the error mapping in one place. Each worker thread keeps its
+own ``requests.Session`` (keep-alive per host; sessions are not thread-safe).
+
+Safety, because the original project hung forever on some downloads and trusted
+whatever came back:
+
+- only http/https; hosts resolving to private, loopback, link-local or other
+  non-global addresses are refused unless ``allow_private`` (tests turn it on);
+  every redirect hop is checked again and redirects are capped (loops end);
+- a connect timeout and a total deadline per attempt; the body is read with
+  ``read1`` so the deadline is checked after every socket read, and a server
+  that trickles bytes cannot keep us forever;
+- ``Content-Length`` and the bytes actually read are both capped at ``max_bytes``;
+- content sniffing: the first bytes must be a known image format, whatever the
+  URL's extension or the ``Content-Type`` say;
+- retries with exponential backoff for connection errors, 429 and 5xx only
+  (a timeout is not retried: a host that hung once usually hangs again);
+- a per-host delay between request starts, so parallel workers stay polite.
+
+Known limit: the address check resolves the name before requests does, so a DNS
+answer that changes between the two (rebinding) is not caught.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+
+from scraper.errors import (
+    ConnectionFailed,
+    FetchError,
+    FetchTimeout,
+    HTTPStatusError,
+    NotAnImage,
+    RefusedAddress,
+    RefusedURL,
+    TooLarge,
+    TooManyRedirects,
+)
+from scraper.sources.base import DEFAULT_USER_AGENT
+
+Resolver = Callable[[str, int], list[str]]
+_READ_SIZE = 64 * 1024
+_SNIFF_BYTES = 16
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Limits for one download; entry points fill it from their settings."""
+
+    timeout_s: float = 15.0
+    connect_timeout_s: float = 5.0
+    max_bytes: int = 15 * 1024 * 1024
+    allow_private: bool = False
+    retries: int = 2
+    backoff_s: float = 0.5
+    host_delay_s: float = 0.2
+    max_redirects: int = 5
+    user_agent: str = DEFAULT_USER_AGENT
+
+
+@dataclass(frozen=True)
+class Download:
+    """The bytes of one image and where they finally came from."""
+
+    url: str
+    final_url: str
+    content: bytes
+    kind: str  # sniffed format: jpeg, png, gif, webp, bmp, tiff, heif
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image format the first bytes announce, or None when they are not an image."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "heif"
+    return None
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to; failures become ``ConnectionFailed``."""
+    try:
+        return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    except (OSError, UnicodeError) as exc:
+        raise ConnectionFailed(f"cannot resolve {host}: {exc}") from exc
+
+
+def is_public_address(address: str) -> bool:
+    """True only for globally routable unicast addresses (IPv4-mapped IPv6 unwrapped)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class HostThrottle:
+    """Spaces request starts to the same host by at least ``delay_s`` across threads."""
+
+    def __init__(self, delay_s: float) -> None:
+        self._delay_s = delay_s
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, host: str) -> None:
+        """Reserve the next slot for ``host`` and sleep until it."""
+        if self._delay_s <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next.get(host, now))
+            self._next[host] = slot + self._delay_s
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class Fetcher:
+    """Thread-safe downloader; call ``fetch`` from any number of worker threads."""
+
+    def __init__(self, settings: FetchSettings, resolver: Resolver = resolve_host) -> None:
+        self._settings = settings
+        self._resolver = resolver
+        self._throttle = HostThrottle(settings.host_delay_s)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def fetch(self, url: str) -> Download:
+        """Download one image with retries; raises a ``FetchError`` subclass."""
+        attempts = self._settings.retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._fetch_once(url)
+            except (ConnectionFailed, HTTPStatusError) as exc:
+                if attempt == attempts - 1 or not _is_retryable(exc):
+                    raise
+                time.sleep(self._settings.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fetch_once(self, url: str) -> Download:
+        """One attempt: follow redirects by hand so every hop is checked."""
+        deadline = time.monotonic() + self._settings.timeout_s
+        current, seen = url, {url}
+        for _ in range(self._settings.max_redirects + 1):
+            host = self._check_url(current)
+            self._throttle.wait(host)
+            response = self._get(current, deadline)
+            with response:
+                if response.is_redirect:
+                    current = urljoin(current, response.headers["location"])
+                    if current in seen:
+                        raise TooManyRedirects(f"redirect loop at {current}")
+                    seen.add(current)
+                    continue
+                if response.status_code != 200:
+                    raise HTTPStatusError(response.status_code, current)
+                content, kind = self._read_body(response, deadline)
+                return Download(url=url, final_url=current, content=content, kind=kind)
+        raise TooManyRedirects(f"more than {self._settings.max_redirects} redirects from {url}")
+
+    def _check_url(self, url: str) -> str:
+        """Refuse non-http(s) URLs and, unless allowed, non-public addresses; return the host."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RefusedURL(f"refused URL {url!r}")
+        if not self._settings.allow_private:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            for address in self._resolver(parts.hostname, port):
+                if not is_public_address(address):
+                    raise RefusedAddress(f"{parts.hostname} resolves to non-public {address}")
+        return parts.hostname
+
+    def _get(self, url: str, deadline: float) -> requests.Response:
+        """Start the request (headers only); map requests' errors to ours."""
+        remaining = max(0.01, deadline - time.monotonic())
+        timeout = (min(self._settings.connect_timeout_s, remaining), remaining)
+        try:
+            return self._session().get(url, stream=True, allow_redirects=False, timeout=timeout)
+        except requests.RequestException as exc:
+            raise _map_error(exc, url) from exc
+
+    def _read_body(self, response: requests.Response, deadline: float) -> tuple[bytes, str]:
+        """Read the whole body within the deadline and size cap, sniffing the first bytes."""
+        limit = self._settings.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"Content-Length {declared} > {limit}")
+        body = bytearray()
+        kind: str | None = None
+        try:
+            while chunk := response.raw.read1(_READ_SIZE):
+                body += chunk
+                if len(body) > limit:
+                    raise TooLarge(f"more than {limit} bytes from {response.url}")
+                if kind is None and len(body) >= _SNIFF_BYTES:
+                    kind = _sniff_or_raise(bytes(body), response.url)
+                if time.monotonic() > deadline:
+                    raise FetchTimeout(f"{response.url} did not finish within {self._settings.timeout_s}s")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _map_error(exc, response.url) from exc
+        return bytes(body), kind or _sniff_or_raise(bytes(body), response.url)
+
+    def _session(self) -> requests.Session:
+        """This thread's session, created on first use."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            # identity: the size cap and the sniffing apply to the bytes as sent, no decompression surprises.
+            session.headers.update(
+                {"User-Agent": self._settings.user_agent, "Accept": "image/*,*/*;q=0.8", "Accept-Encoding": "identity"}
+            )
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        """Close every thread's session."""
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+
+def _sniff_or_raise(head: bytes, url: str) -> str:
+    """The sniffed format or ``NotAnImage``."""
+    kind = sniff_image(head[:_SNIFF_BYTES])
+    if kind is None:
+        raise NotAnImage(f"{url} is not an image (starts with {head[:8]!r})")
+    return kind
+
+
+def _is_retryable(exc: FetchError) -> bool:
+    """Connection failures, rate limits and server errors may pass on a second try."""
+    if isinstance(exc, HTTPStatusError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, ConnectionFailed)
+
+
+def _map_error(exc: Exception, url: str) -> FetchError:
+    """requests/urllib3 errors to our hierarchy; timeouts hide inside ConnectionError too."""
+    text = f"{url}: {exc}"
+    if isinstance(exc, FetchError):
+        return exc
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
+        return FetchTimeout(text)
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
+        return FetchTimeout(text)
+    if isinstance(exc, requests.TooManyRedirects):
+        return TooManyRedirects(text)
+    return ConnectionFailed(text)

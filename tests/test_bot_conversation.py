@@ -1,0 +1,260 @@
+"""The conversation through the real HTTP path: test user -> playground -> python-telegram-bot -> services -> DB.
+
+Runs on SQLite and on PostgreSQL. The model here is the colour test double (see
+``tests/bot_harness.py``); ``test_bot_real_model.py`` runs the same path with the real Predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from bot import render
+from bot.playground import PlaygroundServer
+from bot.services.models import ServedModel
+from bot.store.models import Feedback, Image as ImageRow, Prediction, Suggestion, User
+from bot_harness import (
+    BLUE,
+    GREY,
+    RED,
+    TOKEN,
+    BotUnderTest,
+    ColourIdentifier,
+    TestUser,
+    button,
+    button_texts,
+    encoded,
+    jpeg_bytes,
+    png_bytes,
+    start_bot_on,
+    stop,
+    bot_settings,
+)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PlaygroundServer]:
+    playground = PlaygroundServer(TOKEN)
+    await playground.start()
+    yield playground
+    await playground.stop()
+
+
+@pytest.fixture
+async def bot(server: PlaygroundServer, tmp_path: Path, database_url: str) -> AsyncIterator[BotUnderTest]:
+    running = await start_bot_on(server, bot_settings(tmp_path, database_url), ServedModel(3, ColourIdentifier()))
+    yield running
+    await stop(running)
+
+
+@pytest.fixture
+async def client(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def user(client: httpx.AsyncClient) -> TestUser:
+    return TestUser(client, user_id=1001)
+
+
+def count(bot: BotUnderTest, model: type) -> int:
+    with bot.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def feedback_of(bot: BotUnderTest, prediction_id: int) -> list[tuple[str, str | None]]:
+    with bot.sessions() as session:
+        rows = session.scalars(select(Feedback).where(Feedback.prediction_id == prediction_id).order_by(Feedback.id))
+        return [(row.verdict, row.label) for row in rows]
+
+
+def prediction_id_of(message: dict) -> int:
+    parsed = render.parse(message["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    assert parsed is not None
+    return parsed.prediction_id
+
+
+async def test_start_help_and_commands(bot: BotUnderTest, user: TestUser) -> None:
+    await user.send_text("/start")
+    reply = await user.reply()
+    assert "sneaker" in reply["text"] and "What I keep" in reply["text"]
+    await user.send_text("/help")
+    reply = await user.reply()
+    assert "Albums" in reply["text"] and f"{bot.settings.retention_days} days" in reply["text"]
+    assert {c["command"] for c in bot.server.state.commands} == {"start", "help"}
+
+
+async def test_photo_correct_wrong_pages_label_not_listed(bot: BotUnderTest, user: TestUser) -> None:
+    # A confident answer: typing, then one reply to the photo with top 3, buttons and a search link.
+    photo = await user.send_photo(jpeg_bytes(RED, noise=1))
+    action = await user.next_event("chat_action")
+    assert action["action"] == "typing"
+    answer = await user.reply()
+    assert answer["reply_to_message"]["message_id"] == photo["message_id"]
+    assert "Air Jordan 11 — 87%" in answer["text"] and "Air Jordan 12 — 6%" in answer["text"]
+    assert button_texts(answer) == ["✅ Correct", "❌ Wrong", "🔎 Find Air Jordan 11"]
+    assert button(answer, "Find")["url"] == "https://shop.example/search?q=Air+Jordan+11"
+    first = prediction_id_of(answer)
+
+    # ✅ Correct: stored, photo filed as training data, buttons replaced by "Change answer".
+    await user.press(answer, "Correct")
+    assert (await user.alert())["show_alert"] is False
+    edited = await user.edit()
+    assert "Confirmed: Air Jordan 11" in edited["text"]
+    assert button_texts(edited) == ["✏️ Change answer"]
+    assert feedback_of(bot, first) == [("correct", "air_jordan_11")]
+    with bot.sessions() as session:
+        prediction = session.get(Prediction, first)
+        image = session.scalars(select(ImageRow).where(ImageRow.sha1 == prediction.image_sha1)).one()
+        assert (image.label, image.source, image.status, image.user_id) == ("air_jordan_11", "user", "train", 1001)
+        assert prediction.reply_message_id == answer["message_id"]
+        assert prediction.verdict == "sneaker" and prediction.model_version == 3
+    filed = bot.settings.data_dir / image.path
+    assert filed == bot.settings.data_dir / "images" / "air_jordan_11" / f"{prediction.image_sha1}.jpg"
+    assert Image.open(filed).size == (320, 240)
+
+    # An unsure answer says so and still shows guesses; ❌ Wrong opens the paged list.
+    await user.send_photo(jpeg_bytes(BLUE, noise=2))
+    answer = await user.reply()
+    assert "not sure" in answer["text"] and "Air Jordan 5 — 41%" in answer["text"]
+    second = prediction_id_of(answer)
+    await user.press(answer, "Wrong")
+    listing = await user.edit()
+    assert listing["text"] == render.CORRECTION_TEXT
+    assert button_texts(listing)[:8] == [f"Air Jordan {n}" for n in range(1, 9)]
+    assert button_texts(listing)[8:] == ["1/3", "▶", "🤷 Not listed"]
+    assert all(len(b["callback_data"].encode()) <= 64 for row in listing["reply_markup"]["inline_keyboard"]
+               for b in row)
+
+    await user.press(listing, "▶")
+    page2 = await user.edit()
+    assert button_texts(page2)[:8] == [f"Air Jordan {n}" for n in range(9, 17)]
+    assert button_texts(page2)[8:11] == ["◀", "2/3", "▶"]
+    assert feedback_of(bot, second) == []  # browsing stores nothing
+
+    await user.press(page2, "Air Jordan 9")
+    thanks = await user.edit()
+    assert "it is Air Jordan 9" in thanks["text"]
+    assert feedback_of(bot, second) == [("wrong", "air_jordan_9")]
+
+    # Change the answer: "Not listed", then the typed name becomes a suggestion; the last answer counts.
+    await user.press(thanks, "Change answer")
+    listing = await user.edit()
+    await user.press(listing, "Not listed")
+    asked = await user.edit()
+    assert asked["text"] == render.ASK_NAME_TEXT
+    await user.send_text("Air Jordan 40 Retro")
+    reply = await user.reply()
+    assert "Air Jordan 40 Retro" in reply["text"]
+    assert feedback_of(bot, second)[-1] == ("not_listed", None)
+    with bot.sessions() as session:
+        suggestion = session.scalars(select(Suggestion)).one()
+        assert (suggestion.text, suggestion.prediction_id) == ("Air Jordan 40 Retro", second)
+        assert suggestion.status == "pending"
+        sha1 = session.get(Prediction, second).image_sha1
+        assert session.scalars(select(ImageRow).where(ImageRow.sha1 == sha1)).one().status == "review"
+        assert session.get(User, 1001).awaiting_suggestion_for is None
+
+    # Text after that is not a suggestion any more.
+    await user.send_text("hello")
+    assert (await user.reply())["text"] == render.OTHER_TEXT
+    assert count(bot, Suggestion) == 1
+
+
+async def test_not_a_sneaker_and_files(bot: BotUnderTest, user: TestUser) -> None:
+    await user.send_photo(jpeg_bytes(GREY))
+    answer = await user.reply()
+    assert answer["text"] == render.NOT_SNEAKER_TEXT
+    assert button_texts(answer) == ["👟 It is a sneaker"]
+    await user.press(answer, "It is a sneaker")
+    listing = await user.edit()
+    assert "🤷 Not listed" in button_texts(listing)
+
+    files = [(png_bytes(RED), "shoe.png", "image/png"), (encoded(RED, "WEBP"), "shoe.webp", "image/webp"),
+             (encoded(RED, "HEIF"), "IMG_0001.HEIC", "application/octet-stream")]
+    for data, name, mime in files:
+        document = await user.send_document(data, name, mime)
+        answer = await user.reply()
+        assert answer["reply_to_message"]["message_id"] == document["message_id"]
+        assert "Air Jordan 11 — 87%" in answer["text"], name
+    assert count(bot, Prediction) == 4
+
+
+async def test_junk_gets_short_replies_and_stores_nothing(bot: BotUnderTest, user: TestUser) -> None:
+    whole = jpeg_bytes(RED, noise=3)
+    cases = [
+        (lambda: user.send_document(b"just some notes", "notes.txt", "text/plain"), render.NOT_IMAGE_FILE_TEXT),
+        (lambda: user.send_document(whole[:300], "header.jpg", "image/jpeg"), render.rejection_text("corrupt")),
+        (lambda: user.send_document(whole[: len(whole) // 2], "half.jpg", "image/jpeg"),
+         render.rejection_text("corrupt")),
+        (lambda: user.send_document(b"GIF89a not really", "fake.png", "image/png"),
+         render.rejection_text("not_an_image")),
+        (lambda: user.send_document(png_bytes(RED, (20, 20)), "tiny.png", "image/png"),
+         render.rejection_text("too_small")),
+        (lambda: user.send_kind("sticker"), render.OTHER_TEXT),
+        (lambda: user.send_kind("video"), render.OTHER_TEXT),
+        (lambda: user.send_kind("voice"), render.OTHER_TEXT),
+        (lambda: user.send_kind("location"), render.OTHER_TEXT),
+        (lambda: user.send_text("/frobnicate"), render.UNKNOWN_COMMAND_TEXT),
+    ]
+    for send, expected in cases:
+        await send()
+        assert (await user.reply())["text"] == expected
+    assert count(bot, Prediction) == 0 and count(bot, User) == 0
+    assert not (bot.settings.data_dir / "pending").exists()
+
+
+async def test_decompression_bomb_is_refused(server: PlaygroundServer, tmp_path: Path, database_url: str,
+                                             user: TestUser) -> None:
+    settings = bot_settings(tmp_path, database_url, max_image_pixels=1_000_000)
+    running = await start_bot_on(server, settings, ServedModel(1, ColourIdentifier()))
+    try:
+        await user.send_document(png_bytes(RED, (2000, 1000)), "huge.png", "image/png")
+        assert (await user.reply())["text"] == render.rejection_text("too_many_pixels")
+        assert count(running, Prediction) == 0
+    finally:
+        await stop(running)
+
+
+async def test_album_gets_one_answer_per_photo(bot: BotUnderTest, user: TestUser) -> None:
+    sent = await user.send_photos([jpeg_bytes(RED, noise=n) for n in range(3)])
+    assert len({m["media_group_id"] for m in sent}) == 1
+    replies = [await user.reply() for _ in sent]
+    assert sorted(r["reply_to_message"]["message_id"] for r in replies) == sorted(m["message_id"] for m in sent)
+    assert count(bot, Prediction) == 3
+
+
+async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user: TestUser,
+                                                         client: httpx.AsyncClient) -> None:
+    await user.send_photo(jpeg_bytes(RED, noise=7))
+    answer = await user.reply()
+    pid = prediction_id_of(answer)
+    forged = ["garbage", "c:0", f"c:{pid + 1000}", f"l:{pid}:air_jordan_99", f"q:{pid}", "c:1:2:3" + "x" * 70]
+    expected = [render.ALERTS["unknown"]] * 3 + [render.ALERTS["unknown_label"], render.ALERTS["unknown"],
+                                                 render.ALERTS["unknown"]]
+    for data, alert in zip(forged, expected, strict=True):
+        await user.press_data(answer["message_id"], data)
+        event = await user.alert()
+        assert (event["text"], event["show_alert"]) == (alert, True), data
+
+    # Another user sends this user's prediction id from their own message: polite alert, nothing stored.
+    other = TestUser(client, user_id=2002)
+    await other.send_photo(jpeg_bytes(RED, noise=8))
+    their_answer = await other.reply()
+    for data in (f"c:{pid}", f"l:{pid}:air_jordan_3", f"w:{pid}", f"n:{pid}"):
+        await other.press_data(their_answer["message_id"], data)
+        event = await other.alert()
+        assert (event["text"], event["show_alert"]) == (render.ALERTS["not_yours"], True), data
+    assert feedback_of(bot, pid) == []
+    assert (await user.quiet(0.2)) == []  # nothing was edited in the owner's chat
+
+    # The owner's own press still works afterwards.
+    await user.press(answer, "Correct")
+    await user.edit()
+    assert feedback_of(bot, pid) == [("correct", "air_jordan_11")]

@@ -1,0 +1,94 @@
+"""The main path with the real model: ``ml.predictor.Predictor`` loaded from the model registry.
+
+The model is a tiny one the ML package trains on generated photos (``tests/loop_support.py``,
+shared with the learning-loop tests), installed as the starter model: on first start the
+bot registers it as version 1. The expected answer is what the same Predictor says about
+the same photo, so the test checks the bot shows exactly the model's guesses and verdict.
+Threshold overrides from the settings force each verdict branch, whatever the tiny model's
+calibration says about blobs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from bot import render
+from bot.playground import PlaygroundServer
+from bot.store.models import Feedback, Image as ImageRow, ModelVersion, Prediction
+from bot_harness import TOKEN, TestUser, bot_settings, button_texts, start_bot_on, stop
+from loop_support import COLOURS, photo, shared_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_model(tmp_path_factory)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PlaygroundServer]:
+    playground = PlaygroundServer(TOKEN)
+    await playground.start()
+    yield playground
+    await playground.stop()
+
+
+# Threshold overrides (settings ``sneaker_threshold``/``unsure_threshold``) that force each branch:
+# a footwear score is never above 1, and never below 0.
+VERDICT_SETTINGS = {
+    "not_sneaker": {"sneaker_threshold": 1.01},
+    "sneaker": {"sneaker_threshold": 0.0, "unsure_threshold": 0.0},
+}
+
+
+@pytest.mark.parametrize("verdict", list(VERDICT_SETTINGS))
+async def test_real_model_answer_and_feedback(server: PlaygroundServer, tmp_path: Path, database_url: str,
+                                              model_dir: Path, verdict: str) -> None:
+    from ml.predictor import Predictor
+
+    overrides = VERDICT_SETTINGS[verdict]
+    thresholds = {"footwear": overrides.get("sneaker_threshold"), "unsure": overrides.get("unsure_threshold")}
+    data = photo(COLOURS["air_jordan_3"], seed=4711, size=160)
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    expected = Predictor.load(model_dir, thresholds=thresholds).predict([image], k=3)[0]
+    assert expected.verdict == verdict
+    settings = bot_settings(tmp_path, database_url, starter_model_dir=model_dir, **overrides)
+    bot = await start_bot_on(server, settings, None)
+    try:
+        with bot.sessions() as session:
+            version = session.scalars(select(ModelVersion)).one()
+            assert (version.version, version.is_current, version.status) == (1, True, "promoted")
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            user = TestUser(client, user_id=1234)
+            await user.send_photo(data)
+            answer = await user.reply()
+            if expected.verdict == "not_sneaker":
+                assert answer["text"] == render.NOT_SNEAKER_TEXT
+                await user.press(answer, "It is a sneaker")
+                listing = await user.edit()
+                chosen = expected.top[0]
+                await user.press(listing, chosen.display_name)
+                stored = ("wrong", chosen.label)
+            else:
+                for rank, guess in enumerate(expected.top, 1):
+                    assert f"{rank}. {guess.display_name} — {render.percent(guess.score)}" in answer["text"]
+                assert button_texts(answer)[:2] == ["✅ Correct", "❌ Wrong"]
+                await user.press(answer, "Correct")
+                stored = ("correct", expected.top[0].label)
+            await user.edit()
+        with bot.sessions() as session:
+            prediction = session.scalars(select(Prediction)).one()
+            assert prediction.model_version == 1 and prediction.verdict == expected.verdict
+            assert [t["label"] for t in prediction.top] == [g.label for g in expected.top]
+            assert [(f.verdict, f.label) for f in session.scalars(select(Feedback))] == [stored]
+            assert session.scalars(select(ImageRow)).one().label == stored[1]
+    finally:
+        await stop(bot)

@@ -1,0 +1,158 @@
+"""Admin commands through the real HTTP path (playground -> python-telegram-bot -> services -> DB).
+
+The model here is the colour test double of ``tests/bot_harness.py``: these tests are
+about who may do what and what gets queued for the worker; the loop with a real model
+is ``test_loop_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from bot import render_admin
+from bot.jobs.scheduler import JOB_TABLE
+from bot.playground import PlaygroundServer
+from bot.services.models import ServedModel
+from bot.store.models import Notification, SneakerClass, Suggestion
+from bot_harness import RED, TOKEN, BotUnderTest, ColourIdentifier, TestUser, bot_settings, button, jpeg_bytes, start_bot_on, stop
+
+ADMIN = 4242
+COMMANDS = ["/status", "/retrain", "/scrape air_jordan_1 5", "/addclass air_max_90 Air Max 90", "/classes",
+            "/suggestions", "/rollback 1", "/stats"]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PlaygroundServer]:
+    playground = PlaygroundServer(TOKEN)
+    await playground.start()
+    yield playground
+    await playground.stop()
+
+
+@pytest.fixture
+async def bot(server: PlaygroundServer, tmp_path: Path) -> AsyncIterator[BotUnderTest]:
+    settings = bot_settings(tmp_path, f"sqlite:///{tmp_path / 'bot.db'}", admin_ids=frozenset({ADMIN}),
+                            model_poll_seconds=0.5)
+    running = await start_bot_on(server, settings, ServedModel(3, ColourIdentifier()))
+    yield running
+    await stop(running)
+
+
+@pytest.fixture
+async def client(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+def queued_jobs(bot: BotUnderTest) -> list[str]:
+    with bot.runtime.engine.connect() as connection:
+        if not bot.runtime.engine.dialect.has_table(connection, JOB_TABLE):
+            return []
+        return sorted(connection.execute(text(f"SELECT id FROM {JOB_TABLE}")).scalars())
+
+
+async def test_a_non_admin_cannot_run_admin_commands(
+    bot: BotUnderTest, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = TestUser(client, user_id=1001)
+    with caplog.at_level(logging.WARNING, logger="bot.handlers.admin"):
+        for command in COMMANDS:
+            await user.send_text(command)
+            assert (await user.reply())["text"] == render_admin.NOT_ALLOWED
+    assert sum("not allowed: user 1001" in r.getMessage() for r in caplog.records) == len(COMMANDS)
+    assert queued_jobs(bot) == []
+    with bot.sessions() as session:
+        assert session.get(SneakerClass, "air_max_90") is None
+
+
+async def test_admin_requests_reach_the_job_store(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
+    admin = TestUser(client, user_id=ADMIN)
+    await admin.send_text("/retrain")
+    assert "queued" in (await admin.reply())["text"]
+    await admin.send_text("/scrape air_jordan_1 5")
+    assert "air_jordan_1" in (await admin.reply())["text"]
+    await admin.send_text("/scrape Bad-Label 5")
+    assert "lowercase" in (await admin.reply())["text"]
+    await admin.send_text("/scrape air_jordan_1 lots")
+    assert (await admin.reply())["text"].startswith("Usage: /scrape")
+
+    assert queued_jobs(bot) == ["retrain_now", "scrape_now:air_jordan_1"]
+
+
+async def test_status_and_classes_answer(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
+    admin = TestUser(client, user_id=ADMIN)
+    await admin.send_text("/status")
+    status = (await admin.reply())["text"]
+    assert "Model: none installed" in status and "corrections since the last retrain" in status
+    await admin.send_text("/classes")
+    assert "No classes yet." in (await admin.reply())["text"]
+
+
+async def test_suggestion_accepted_becomes_a_class_to_scrape(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
+    user, admin = TestUser(client, user_id=1001), TestUser(client, user_id=ADMIN)
+    await user.send_photo(jpeg_bytes(RED, noise=5))
+    answer = await user.reply()
+    await user.press(answer, "Wrong")
+    listing = await user.edit()
+    await user.press(listing, "Not listed")
+    await user.edit()
+    await user.send_text("Air Max 90")
+    await user.reply()
+
+    await admin.send_text("/suggestions")
+    assert (await admin.reply())["text"] == render_admin.suggestions_header(1)
+    item = await admin.reply()
+    assert "Air Max 90" in item["text"]
+    # A user forging the admin's button data in their own chat is refused and changes nothing.
+    await user.quiet(0.5)  # skip the answers to the user's earlier presses
+    await user.press_data(answer["message_id"], button(item, "Accept")["callback_data"])
+    alert = await user.alert()
+    assert alert["text"] == render_admin.NOT_ALLOWED and alert["show_alert"] is True
+    with bot.sessions() as session:
+        assert session.get(SneakerClass, "air_max_90") is None
+
+    await admin.press(item, "Accept")
+    decided = await admin.edit()
+    assert "air_max_90" in decided["text"]
+
+    with bot.sessions() as session:
+        assert session.get(SneakerClass, "air_max_90").display_name == "Air Max 90"
+        assert [s.status for s in session.scalars(select(Suggestion))] == ["accepted"]
+    assert "scrape_now:air_max_90" in queued_jobs(bot)
+
+
+async def test_stats_sends_text_and_a_confusion_matrix(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
+    user, admin = TestUser(client, user_id=1001), TestUser(client, user_id=ADMIN)
+    await user.send_photo(jpeg_bytes(RED, noise=6))
+    answer = await user.reply()
+    await user.press(answer, "Correct")
+    await user.edit()
+    await user.send_photo(jpeg_bytes(RED, noise=7))
+    answer = await user.reply()
+    await user.press(answer, "Wrong")
+    listing = await user.edit()
+    await user.press(listing, "Air Jordan 2")
+    await user.edit()
+
+    await admin.send_text("/stats")
+    summary = (await admin.reply())["text"]
+    assert "2 answers, accuracy 50.0%" in summary
+    assert "air_jordan_11 → air_jordan_2: 1" in summary
+    picture = await admin.reply()
+    assert picture.get("photo") and "Confusion matrix" in picture["caption"]
+
+
+async def test_worker_messages_are_delivered_once(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
+    admin = TestUser(client, user_id=ADMIN)
+    with bot.sessions.begin() as session:
+        session.add(Notification(chat_id=ADMIN, text="Retrain finished: version 2"))
+    assert (await admin.reply())["text"] == "Retrain finished: version 2"
+    assert await admin.quiet(1.5) == []
+    with bot.sessions() as session:
+        assert session.scalars(select(Notification)).one().sent_at is not None

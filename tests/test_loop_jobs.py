@@ -1,0 +1,114 @@
+"""The worker's scheduler: jobs in the database, no duplicates on restart, missed runs coalesced."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from bot.jobs.scheduler import JOB_TABLE, PERIODIC_JOBS, Worker, enqueue, store_client
+from bot.settings import Settings, get_settings
+from bot.store.db import init_db, session_factory
+from bot.store.models import JobRun, Notification
+
+WAIT_S = 60  # upper bound for background work to show up; never an assertion on speed
+
+
+@pytest.fixture
+def worker_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> Iterator[tuple[Settings, Engine]]:
+    """A data dir and a fresh database (SQLite and PostgreSQL), configured through the
+    environment as the worker reads it."""
+    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("SNEAKERBOT_DATABASE_URL", database_url)
+    monkeypatch.setenv("SNEAKERBOT_RETRAIN_CHECK_SECONDS", "1")
+    monkeypatch.setenv("SNEAKERBOT_STARTER_MODEL_DIR", str(tmp_path / "no-starter"))
+    settings = get_settings()
+    settings.ensure_dirs()
+    engine = init_db(settings.db_url)
+    yield settings, engine
+    engine.dispose()
+
+
+def _job_rows(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return sorted(connection.execute(text(f"SELECT id FROM {JOB_TABLE}")).scalars())
+
+
+def _runs(engine: Engine, job_id: str) -> int:
+    with session_factory(engine)() as session:
+        return session.scalar(select(func.count()).select_from(JobRun).where(JobRun.job_id == job_id)) or 0
+
+
+def _wait_for(predicate, what: str) -> None:
+    done = threading.Event()
+    for _ in range(WAIT_S * 10):
+        if predicate():
+            return
+        done.wait(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop_before_the_first_check(engine: Engine) -> None:
+    """Move the frequent check far out so a test sees only the runs it causes."""
+    with store_client(engine) as client:
+        client.modify_job("retrain_check", next_run_time=datetime.now(timezone.utc) + timedelta(days=1))
+
+
+def test_restart_keeps_one_copy_of_each_job(worker_env: tuple[Settings, Engine]) -> None:
+    settings, engine = worker_env
+    for _ in range(3):  # three worker starts, as after two restarts
+        worker = Worker(settings, engine)
+        worker.start()
+        worker.shutdown()
+
+    assert _job_rows(engine) == sorted(spec.id for spec in PERIODIC_JOBS)
+
+
+def test_missed_runs_while_down_are_coalesced_into_one(worker_env: tuple[Settings, Engine]) -> None:
+    settings, engine = worker_env
+    worker = Worker(settings, engine)
+    worker.start()
+    worker.shutdown()
+    # The worker was down for three nights: the stored next run is three days ago.
+    with store_client(engine) as client:
+        client.modify_job("retrain_nightly", next_run_time=datetime.now(timezone.utc) - timedelta(days=3))
+    _stop_before_the_first_check(engine)
+
+    worker = Worker(settings, engine)
+    worker.start()
+    try:
+        _wait_for(lambda: _runs(engine, "retrain_nightly") >= 1, "the missed nightly run")
+        next_run = worker.scheduler.get_job("retrain_nightly").next_run_time
+    finally:
+        worker.shutdown(wait=True)
+
+    assert _runs(engine, "retrain_nightly") == 1
+    assert next_run > datetime.now(timezone.utc)
+    assert _job_rows(engine) == sorted(spec.id for spec in PERIODIC_JOBS)
+
+
+def test_a_request_from_another_process_runs_once_and_notifies(worker_env: tuple[Settings, Engine]) -> None:
+    settings, engine = worker_env
+    worker = Worker(settings, engine)
+    worker.start()
+    try:
+        other = init_db(settings.db_url)  # the bot process's own engine
+        for _ in range(2):  # an impatient admin sends /retrain twice
+            enqueue(other, "bot.jobs.retrain:retrain_now", job_id="retrain_now", notify_chat_ids=[42])
+        other.dispose()
+        _wait_for(lambda: _runs(engine, "retrain_now") >= 1, "the requested retrain")
+    finally:
+        worker.shutdown(wait=True)
+
+    assert _runs(engine, "retrain_now") == 1
+    with session_factory(engine)() as session:
+        notes = list(session.scalars(select(Notification)))
+    assert [note.chat_id for note in notes] == [42]
+    assert "no current model" in notes[0].text
+    assert "retrain_now" not in _job_rows(engine)

@@ -1,0 +1,148 @@
+"""Instant learning's scope rules on a real database: who sees whose corrections, and when."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.services.identify import Guess
+from bot.services.learning import GLOBAL, PRIVATE, LearningService, MemoryRules, RefinedPrediction
+from bot.store.db import init_db, session_factory
+from bot.store.models import MemoryEntry
+from ml.memory import l2_normalise
+
+ADMIN = 1
+DIM = 32
+BACKBONE = "efficientnet_lite0"
+NAMES = {"air_jordan_1": "Air Jordan 1", "air_jordan_3": "Air Jordan 3", "air_jordan_4": "Air Jordan 4"}
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """A fresh database, SQLite and PostgreSQL."""
+    engine = init_db(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def service(sessions: sessionmaker[Session]) -> LearningService:
+    return LearningService(
+        sessions,
+        MemoryRules(admin_ids=frozenset({ADMIN}), agree_users=3, match_threshold=0.92),
+        embed=lambda path: (BACKBONE, np.load(path)),  # photos in these tests are stored embeddings
+        current_backbone=lambda: BACKBONE,
+        display_name=lambda label: NAMES.get(label, label),
+    )
+
+
+def _photo(seed: int) -> np.ndarray:
+    return l2_normalise(np.random.default_rng(seed).normal(size=DIM))
+
+
+def _model_answer(embedding: np.ndarray) -> RefinedPrediction:
+    """What the classifier says before the memory: Air Jordan 1, fairly sure."""
+    top = [Guess("air_jordan_1", "Air Jordan 1", 0.7), Guess("air_jordan_3", "Air Jordan 3", 0.2),
+           Guess("air_jordan_4", "Air Jordan 4", 0.1)]
+    return RefinedPrediction(top, "unsure", 0.9, embedding)
+
+
+def _answer(service: LearningService, user_id: int, photo: np.ndarray) -> str:
+    return service.refine(user_id, "sha", _model_answer(photo)).top[0].label
+
+
+def _scopes(sessions: sessionmaker[Session]) -> dict[int, str]:
+    with sessions() as session:
+        return {row.user_id: row.scope for row in session.scalars(select(MemoryEntry))}
+
+
+def test_a_users_correction_counts_for_them_at_once_and_for_nobody_else(service: LearningService) -> None:
+    photo = _photo(1)
+    assert service.remember("a" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False) == PRIVATE
+
+    refined = service.refine(7, "a" * 40, _model_answer(photo))
+    assert refined.top[0].label == "air_jordan_4"
+    assert refined.top[0].display_name == "Air Jordan 4"
+    assert refined.verdict == "sneaker"
+    assert _answer(service, 8, photo) == "air_jordan_1"
+
+
+def test_enough_distinct_users_agreeing_make_it_global(
+    service: LearningService, sessions: sessionmaker[Session]
+) -> None:
+    photo = _photo(2)
+    for user_id in (7, 8):
+        service.remember(f"{user_id:040d}", user_id, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    service.remember("0" * 39 + "9", 9, "air_jordan_4", BACKBONE, photo * 1.01, is_admin=False)
+    # The same user answering twice is still one user.
+    assert _scopes(sessions) == {7: GLOBAL, 8: GLOBAL, 9: GLOBAL}
+    assert _answer(service, 100, photo) == "air_jordan_4"
+
+
+def test_two_users_are_not_enough(service: LearningService, sessions: sessionmaker[Session]) -> None:
+    photo = _photo(3)
+    for user_id in (7, 8):
+        service.remember(f"{user_id:040d}", user_id, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
+
+    assert set(_scopes(sessions).values()) == {PRIVATE}
+    assert _answer(service, 100, photo) == "air_jordan_1"
+
+
+def test_an_admins_correction_is_global_at_once_and_overrides_users(
+    service: LearningService, sessions: sessionmaker[Session]
+) -> None:
+    photo = _photo(4)
+    for user_id in (7, 8, 9):
+        service.remember(f"{user_id:040d}", user_id, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    assert _answer(service, 100, photo) == "air_jordan_4"
+
+    assert service.remember("1" * 40, ADMIN, "air_jordan_3", BACKBONE, photo, is_admin=True) == GLOBAL
+
+    assert _answer(service, 100, photo) == "air_jordan_3"
+    assert _answer(service, 7, photo) == "air_jordan_4"  # their own answer still counts for them
+    assert _scopes(sessions) == {7: PRIVATE, 8: PRIVATE, 9: PRIVATE, ADMIN: GLOBAL}
+
+
+def test_an_admin_giving_the_same_label_accepts_a_users_answer(
+    service: LearningService, sessions: sessionmaker[Session]
+) -> None:
+    photo = _photo(5)
+    service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    service.remember("1" * 40, ADMIN, "air_jordan_4", BACKBONE, photo, is_admin=True)
+
+    assert _scopes(sessions) == {7: GLOBAL, ADMIN: GLOBAL}
+
+
+def test_the_last_answer_counts(service: LearningService, sessions: sessionmaker[Session]) -> None:
+    photo = _photo(6)
+    service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    assert _answer(service, 7, photo) == "air_jordan_4"
+
+    service.remember("7" * 40, 7, "air_jordan_3", BACKBONE, photo, is_admin=False)
+
+    assert _answer(service, 7, photo) == "air_jordan_3"
+    with sessions() as session:
+        assert len(list(session.scalars(select(MemoryEntry)))) == 1
+
+
+def test_an_unrelated_photo_is_left_to_the_model(service: LearningService) -> None:
+    service.remember("1" * 40, ADMIN, "air_jordan_4", BACKBONE, _photo(7), is_admin=True)
+    answer = _model_answer(_photo(8))
+
+    assert service.refine(100, "x", answer) is answer
+
+
+def test_feedback_events_are_remembered_through_the_embedder(service: LearningService, tmp_path: Path) -> None:
+    from bot.services.feedback import FeedbackEvent
+
+    photo = _photo(9)
+    np.save(tmp_path / "photo.npy", photo)
+    service.on_feedback(FeedbackEvent(1, ADMIN, True, "2" * 40, "air_jordan_3", tmp_path / "photo.npy"))
+
+    assert _answer(service, 55, photo) == "air_jordan_3"

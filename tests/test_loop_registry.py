@@ -1,0 +1,108 @@
+"""The model registry with real model directories, a real database and the ONNX Predictor."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.registry import BadModelDir, ModelRegistry, HeldOutImage, UnknownVersion, predictor_evaluator
+from bot.store.db import init_db, session_factory
+from loop_support import COLOURS, photo, shared_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bad_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_model(tmp_path_factory, "rotated", rotate_labels=True)
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory) -> list[HeldOutImage]:
+    """Held-out photos (seeds no model was trained on), the same for every comparison."""
+    root = tmp_path_factory.mktemp("test-set")
+    images = []
+    for label, colour in COLOURS.items():
+        for i in range(4):
+            data = photo(colour, 60_000 + 10 * i + len(images))
+            path = root / f"{label}-{i}.jpg"
+            path.write_bytes(data)
+            images.append(HeldOutImage(path, label, hashlib.sha1(data).hexdigest()))
+    return images
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = init_db(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def registry(sessions: sessionmaker[Session], tmp_path: Path, good_model: Path) -> ModelRegistry:
+    registry = ModelRegistry(sessions, tmp_path / "models")
+    assert registry.install_starter(good_model).version == 1
+    return registry
+
+
+def test_starter_is_version_one_once(registry: ModelRegistry, good_model: Path) -> None:
+    assert registry.install_starter(good_model) is None
+    current = registry.current()
+    assert (current.version, current.status, current.is_current) == (1, "promoted", True)
+    assert (current.path / "model.json").is_file() and current.path == registry.models_path / "1"
+    assert registry.current_version() == 1
+
+
+def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(
+    registry: ModelRegistry, bad_model: Path, test_set: list[HeldOutImage]
+) -> None:
+    candidate = registry.register(bad_model, data_snapshot={"n": 60}, config={"reason": "test"})
+    assert (candidate.version, candidate.status) == (2, "candidate")
+    assert not list(registry.models_path.glob(".incoming-*"))
+
+    decision = registry.decide(2, test_set, predictor_evaluator)
+
+    assert not decision.promoted
+    assert decision.candidate.n == decision.current.n == len(test_set)  # the same test images
+    assert decision.candidate.top1 < decision.current.top1
+    rejected = registry.get(2)
+    assert rejected.status == "rejected" and "worse than the current model" in rejected.reason
+    assert rejected.metrics["compared_with"] == 1 and rejected.data_snapshot == {"n": 60}
+    assert registry.current_version() == 1
+
+
+def test_a_candidate_not_worse_is_promoted_and_rollback_works(
+    registry: ModelRegistry, good_model: Path, bad_model: Path, test_set: list[HeldOutImage]
+) -> None:
+    registry.register(bad_model, data_snapshot={})
+    registry.decide(2, test_set, predictor_evaluator)
+    registry.register(good_model, data_snapshot={})
+
+    decision = registry.decide(3, test_set, predictor_evaluator)
+
+    assert decision.promoted and decision.current_version == 1
+    assert decision.candidate.top1 >= decision.current.top1 > 0.5
+    assert registry.current_version() == 3
+    assert [(v.version, v.status, v.is_current) for v in registry.versions()] == [
+        (3, "promoted", True), (2, "rejected", False), (1, "retired", False)]
+
+    # Rollback to any earlier version, even one that was rejected.
+    assert registry.rollback(1).is_current
+    assert registry.current_version() == 1
+    assert registry.rollback(2).version == 2 and registry.current_version() == 2
+    with pytest.raises(UnknownVersion):
+        registry.rollback(9)
+    shutil.rmtree(registry.get(3).path)
+    with pytest.raises(BadModelDir):
+        registry.rollback(3)
+    assert registry.current_version() == 2

@@ -1,0 +1,65 @@
+"""The backbone registry: every registered backbone builds without weights and has the right shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml.backbones import available_backbones, create_backbone
+from ml.errors import UnknownBackbone, WeightsUnavailable
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_backbone_builds_and_gives_features(name: str) -> None:
+    backbone = create_backbone(name, pretrained=False).eval()
+    size = 96 if name != "simple_cnn" else 64
+    with torch.inference_mode():
+        feats = backbone(torch.randn(2, 3, size, size))
+        assert feats.shape == (2, backbone.feature_dim)
+        assert torch.isfinite(feats).all()
+        if backbone.has_imagenet_head:
+            feats2, logits = backbone.features_and_imagenet(torch.randn(2, 3, size, size))
+            assert logits.shape == (2, 1000) and feats2.shape == (2, backbone.feature_dim)
+    prep = backbone.preprocessing
+    assert prep.size > 0 and len(prep.mean) == len(prep.std) == 3
+
+
+def test_registry_names() -> None:
+    assert {"efficientnet_lite0", "resnet18", "simple_cnn"} <= set(available_backbones())
+    assert create_backbone("efficientnet_lite0", pretrained=False).preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+def test_unknown_backbone_lists_valid_names() -> None:
+    with pytest.raises(UnknownBackbone) as info:
+        create_backbone("resnet1800", pretrained=False)
+    for name in available_backbones():
+        assert name in str(info.value)
+
+
+def test_resnet18_without_weights_file_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as info:
+        create_backbone("resnet18", pretrained=True)
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+
+
+def test_partial_finetune_keeps_a_frozen_imagenet_branch() -> None:
+    backbone = create_backbone("efficientnet_lite0", pretrained=False)
+    backbone.prepare_finetune(9)
+    assert backbone.finetune_state() == {"split_block": 8, "imagenet_branch": True}
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("tail.") for n in trainable)
+    before = {k: v.clone() for k, v in backbone.imagenet_tail.state_dict().items()}
+    backbone.train()
+    opt = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+    backbone(torch.randn(4, 3, 64, 64)).sum().backward()
+    opt.step()
+    after = backbone.imagenet_tail.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen branch untouched (BN stats too)
+    assert not torch.equal(backbone.tail.conv_head.weight, backbone.imagenet_tail.conv_head.weight)

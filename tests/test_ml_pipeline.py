@@ -1,0 +1,173 @@
+"""Train -> model directory -> Predictor (ONNX and PyTorch) -> CLI, on tiny generated data.
+
+Real components throughout: real image files, the real pretrained EfficientNet-Lite0 from its
+PyPI package (its ImageNet head is what says "not a sneaker"), real ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from bot.cli import main as cli_main
+from ml.artifacts import read_model_json
+from ml.errors import BadImage
+from ml.predictor import Predictor
+from ml.train import TrainConfig, run_training
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTER = ROOT / "models" / "starter"
+SHAPES = {"red_disc": "red", "blue_square": "blue", "green_bar": "green"}
+
+
+def shape_image(label: str, seed: int) -> Image.Image:
+    """A coloured shape at a random place and size on a light background."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (112, 88), tuple(int(v) for v in rng.integers(200, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    x, y, s = int(rng.integers(5, 50)), int(rng.integers(5, 30)), int(rng.integers(30, 50))
+    colour = SHAPES[label]
+    if label == "red_disc":
+        draw.ellipse((x, y, x + s, y + s), fill=colour)
+    elif label == "blue_square":
+        draw.rectangle((x, y, x + s, y + s), fill=colour)
+    else:
+        draw.rectangle((x, y, x + s + 20, y + s // 3), fill=colour)
+    return image
+
+
+def make_shapes_dataset(root: Path, per_class: int = 12) -> Path:
+    for k, label in enumerate(SHAPES):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape_image(label, k * 1000 + i).save(root / label / f"{i}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture(scope="module")
+def head_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("ml-pipeline")
+    data = make_shapes_dataset(base / "data")
+    config = TrainConfig(data_dir=str(data), out_dir=str(base / "model"), mode="head", epochs=60, image_size=64,
+                         cache_dir=str(base / "cache"), threads=1, progress=False, aug_views=1)
+    return Path(run_training(config))
+
+
+def test_head_model_directory_is_self_describing(head_model: Path) -> None:
+    meta = read_model_json(head_model)
+    assert meta["format_version"] == 1
+    assert meta["backbone"]["name"] == "efficientnet_lite0" and not meta["backbone"]["finetuned"]
+    assert [c["label"] for c in meta["classes"]] == sorted(SHAPES)
+    assert meta["classes"][0]["display_name"] == "Blue Square"
+    assert meta["preprocessing"]["size"] == 64
+    assert 0 < meta["thresholds"]["footwear"] <= 0.3 and 0 <= meta["thresholds"]["unsure"] <= 1
+    assert {"val", "test"} <= set(meta["metrics"]) and meta["metrics"]["test"]["n"] > 0
+    assert meta["config"]["mode"] == "head" and meta["data"]["images"] == 36
+    assert meta["onnx_check"]["max_abs_diff"]["probs"] < 1e-4
+    for name in ("head.pt", "model.onnx", "README.md", "plots/curves.png", "plots/confusion.png",
+                 "plots/examples.png"):
+        assert (head_model / name).is_file(), name
+    assert "top-1" in (head_model / "README.md").read_text()
+
+
+def test_model_reloads_and_predicts_with_both_backends(head_model: Path, tmp_path: Path) -> None:
+    images = [shape_image(label, 50_000 + i) for i, label in enumerate(SHAPES)]
+    onnx = Predictor.load(head_model, backend="onnx", cache_dir=tmp_path, threads=1)
+    eager = Predictor.load(head_model, backend="torch", threads=1)
+    a, b = onnx.predict(images, k=2), eager.predict(images, k=2)
+    assert len(a) == len(b) == 3
+    for pa, pb in zip(a, b):
+        assert len(pa.top) == 2
+        assert [g.label for g in pa.top] == [g.label for g in pb.top]
+        assert np.allclose([g.score for g in pa.top], [g.score for g in pb.top], atol=1e-4)
+        assert pa.verdict == pb.verdict
+        assert abs(pa.footwear_score - pb.footwear_score) < 1e-4
+        assert np.linalg.norm(pa.embedding) == pytest.approx(1.0, abs=1e-4)
+    # the tiny head learned the shapes: most synthetic test shapes come out right
+    assert sum(p.top[0].label == label for p, label in zip(a, SHAPES)) >= 2
+    vectors = onnx.embed(images)
+    assert vectors.shape == (3, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert onnx.display_name("red_disc") == "Red Disc"
+    assert onnx.info.backbone == "efficientnet_lite0"
+
+
+def test_predictor_takes_bytes_and_paths_and_rejects_garbage(head_model: Path, tmp_path: Path) -> None:
+    predictor = Predictor.load(head_model, backend="onnx", cache_dir=tmp_path, threads=1)
+    path = tmp_path / "disc.png"
+    shape_image("red_disc", 7).save(path)
+    by_path, by_bytes = predictor.predict([path, path.read_bytes()])
+    assert by_path.top[0].label == by_bytes.top[0].label
+    with pytest.raises(BadImage):
+        predictor.predict([b"not an image"])
+
+
+def test_finetune_checkpoints_and_resume(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", per_class=8)
+    config = TrainConfig(data_dir=str(data), out_dir=str(tmp_path / "ft"), backbone="simple_cnn", mode="finetune",
+                         epochs=2, image_size=64, batch_size=8, threads=1, progress=False)
+    model_dir = Path(run_training(config))
+    meta = read_model_json(model_dir)
+    assert len(meta["history"]) == 2
+    assert meta["footwear"]["method"] == "centroid"  # simple_cnn has no ImageNet head
+    assert (model_dir / "backbone.pt").is_file() and (model_dir / "checkpoints" / "last.pt").is_file()
+    head_before = torch.load(model_dir / "head.pt", weights_only=False)["head"]
+    # a resume of a finished run only finalises again, from the same best weights
+    again = Path(run_training(TrainConfig(data_dir=str(data), out_dir=str(model_dir), mode="finetune")
+                              , resume=True))
+    head_after = torch.load(again / "head.pt", weights_only=False)["head"]
+    assert all(torch.equal(head_before[k], head_after[k]) for k in head_before)
+    predictor = Predictor.load(model_dir, backend="torch", threads=1)
+    assert predictor.predict([shape_image("green_bar", 1)])[0].verdict in {"sneaker", "unsure", "not_sneaker"}
+
+
+@pytest.fixture(scope="module")
+def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Photos a package ships: skimage's cat, coffee cup and astronaut."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("samples")
+    for name in ("chelsea", "coffee", "astronaut"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    return folder
+
+
+def test_starter_model_says_not_sneaker_for_cat_cup_astronaut(sample_photos: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(tmp_path))  # the ONNX build cache goes here
+    code = cli_main(["predict", str(sample_photos), "--model", str(STARTER), "--json"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {Path(row["path"]).stem: row for row in rows}
+    assert set(by_name) == {"chelsea", "coffee", "astronaut", "broken"}
+    assert "error" in by_name["broken"]
+    for name in ("chelsea", "coffee", "astronaut"):
+        row = by_name[name]
+        assert row["verdict"] == "not_sneaker", row
+        assert len(row["top"]) == 3 and {"label", "score"} <= set(row["top"][0])
+
+
+def test_predict_table_output(sample_photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(tmp_path))
+    cli_main(["predict", str(sample_photos / "coffee.png"), "--model", str(STARTER)])
+    out = capsys.readouterr().out
+    assert "coffee.png" in out and "not_sneaker" in out
+
+
+def test_footwear_detector_rejects_non_footwear(sample_photos: Path, tmp_path: Path) -> None:
+    from ml.footwear import FootwearDetector
+
+    detector = FootwearDetector.create(cache_dir=tmp_path, image_size=96)
+    photos = [Image.open(sample_photos / f"{n}.png") for n in ("chelsea", "coffee", "astronaut")]
+    scores = detector.score(photos)
+    assert scores.shape == (3,) and (scores >= 0).all() and (scores < detector.threshold).all()
+    assert detector.is_footwear(photos[0]) is False

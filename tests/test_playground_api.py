@@ -1,0 +1,149 @@
+"""The playground speaks the Bot API over HTTP: envelopes, errors, long polling, files, floods.
+
+Driven by raw HTTP here (the bot tests drive it through python-telegram-bot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from PIL import Image
+from telegram import Bot
+from telegram.error import BadRequest, RetryAfter
+
+from bot.playground import PlaygroundServer
+from bot_harness import RED, TOKEN, TestUser, jpeg_bytes
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PlaygroundServer]:
+    playground = PlaygroundServer(TOKEN, max_download_bytes=50_000)
+    await playground.start()
+    yield playground
+    await playground.stop()
+
+
+@pytest.fixture
+async def http(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+async def call(http: httpx.AsyncClient, method: str, token: str = TOKEN, **params: object) -> tuple[int, dict]:
+    """A Bot API call as a form post with JSON-encoded complex values, as python-telegram-bot sends it."""
+    form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+    response = await http.post(f"/bot{token}/{method}", data=form)
+    return response.status_code, response.json()
+
+
+async def test_get_me_and_errors(http: httpx.AsyncClient) -> None:
+    status, body = await call(http, "getMe")
+    assert status == 200 and body["ok"] and body["result"]["is_bot"] and body["result"]["id"] == 123456
+    assert await call(http, "getMe", token="999:wrong") == (401, {"ok": False, "error_code": 401,
+                                                                  "description": "Unauthorized"})
+    assert (await call(http, "noSuchMethod"))[0] == 404
+    status, body = await call(http, "sendMessage", chat_id=42, text="hi")
+    assert (status, body["description"]) == (400, "Bad Request: chat not found")
+
+
+async def test_get_updates_offsets_and_long_poll(http: httpx.AsyncClient) -> None:
+    user = TestUser(http, user_id=5)
+    await user.send_text("one")
+    await user.send_text("two")
+    _, body = await call(http, "getUpdates")
+    updates = body["result"]
+    assert [u["message"]["text"] for u in updates] == ["one", "two"]
+    assert (await call(http, "getUpdates"))[1]["result"] == updates  # not confirmed yet: sent again
+    _, body = await call(http, "getUpdates", offset=updates[-1]["update_id"] + 1, timeout=0)
+    assert body["result"] == []  # confirmed by the offset
+
+    waiting = asyncio.create_task(call(http, "getUpdates", offset=updates[-1]["update_id"] + 1, timeout=20))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await user.send_text("three")
+    _, body = await waiting
+    assert [u["message"]["text"] for u in body["result"]] == ["three"]
+
+
+async def test_a_newer_poll_ends_the_waiting_one_with_409(http: httpx.AsyncClient) -> None:
+    first = asyncio.create_task(call(http, "getUpdates", timeout=20))
+    await asyncio.sleep(0.2)
+    second = asyncio.create_task(call(http, "getUpdates", timeout=1))
+    status, body = await first
+    assert status == 409 and body["description"].startswith("Conflict")
+    assert (await second)[0] == 200
+
+
+async def test_messages_edits_buttons_and_callbacks(http: httpx.AsyncClient) -> None:
+    user = TestUser(http, user_id=6)
+    photo = await user.send_text("/start")
+    assert photo["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
+    keyboard = {"inline_keyboard": [[{"text": "A", "callback_data": "a:1"}]]}
+    status, body = await call(http, "sendMessage", chat_id=6, text="pick", reply_markup=keyboard,
+                              reply_parameters={"message_id": photo["message_id"]})
+    assert status == 200
+    sent = body["result"]
+    assert sent["reply_to_message"]["message_id"] == photo["message_id"] and sent["reply_markup"] == keyboard
+    assert (await user.reply())["message_id"] == sent["message_id"]
+
+    too_long = {"inline_keyboard": [[{"text": "B", "callback_data": "x" * 65}]]}
+    status, body = await call(http, "sendMessage", chat_id=6, text="bad", reply_markup=too_long)
+    assert (status, body["description"]) == (400, "Bad Request: BUTTON_DATA_INVALID")
+    empty = await call(http, "sendMessage", chat_id=6, text="")
+    assert empty[1]["description"] == "Bad Request: message text is empty"
+
+    same = await call(http, "editMessageText", chat_id=6, message_id=sent["message_id"], text="pick",
+                      reply_markup=keyboard)
+    assert same[0] == 400 and "message is not modified" in same[1]["description"]
+    _, body = await call(http, "editMessageReplyMarkup", chat_id=6, message_id=sent["message_id"])
+    assert "reply_markup" not in body["result"] and body["result"]["edit_date"]
+    assert (await user.edit())["text"] == "pick"
+    status, body = await call(http, "editMessageText", chat_id=6, message_id=photo["message_id"], text="x")
+    assert (status, body["description"]) == (400, "Bad Request: message can't be edited")
+
+    query_id = await user.press_data(sent["message_id"], "a:1")
+    _, body = await call(http, "getUpdates")
+    assert body["result"][-1]["callback_query"]["data"] == "a:1"
+    assert (await call(http, "answerCallbackQuery", callback_query_id=query_id, text="ok", show_alert=True))[0] == 200
+    assert (await user.alert())["show_alert"] is True
+    assert (await call(http, "answerCallbackQuery", callback_query_id=query_id))[0] == 400  # only once
+    assert (await call(http, "sendChatAction", chat_id=6, action="typing"))[1]["result"] is True
+    assert (await user.next_event("chat_action"))["action"] == "typing"
+
+
+async def test_photos_files_and_the_download_limit(server: PlaygroundServer, http: httpx.AsyncClient) -> None:
+    user = TestUser(http, user_id=7)
+    message = await user.send_photo(jpeg_bytes(RED, (2000, 1500), noise=3))
+    sizes = message["photo"]
+    assert [(s["width"], s["height"]) for s in sizes] == [(320, 240), (1280, 960)]
+    _, body = await call(http, "getFile", file_id=sizes[0]["file_id"])
+    path = body["result"]["file_path"]
+    download = await http.get(f"/file/bot{TOKEN}/{path}")
+    assert Image.open(io.BytesIO(download.content)).size == (320, 240)
+    assert (await http.get(f"/file/bot999:wrong/{path}")).status_code == 401
+    assert (await http.get(f"/file/bot{TOKEN}/photos/nothing.jpg")).status_code == 404
+    document = await user.send_document(b"x" * 60_000, "big.bin", "application/octet-stream")
+    status, body = await call(http, "getFile", file_id=document["document"]["file_id"])
+    assert (status, body["description"]) == (400, "Bad Request: file is too big")
+    response = await http.post("/playground/api/chats/7/messages", files=[("photo", ("x.jpg", b"nope", "image/jpeg"))])
+    assert response.status_code == 400 and response.json()["description"] == "Bad Request: IMAGE_PROCESS_FAILED"
+
+
+async def test_flood_gives_429_with_retry_after_that_ptb_understands(server: PlaygroundServer,
+                                                                     http: httpx.AsyncClient) -> None:
+    await TestUser(http, user_id=8).send_text("hi")
+    await http.post("/playground/api/flood", json={"method": "sendMessage", "retry_after": 3, "count": 1})
+    bot = Bot(TOKEN, base_url=f"{server.url}/bot", base_file_url=f"{server.url}/file/bot")
+    async with bot:
+        with pytest.raises(RetryAfter) as caught:
+            await bot.send_message(8, "hello")
+        assert "Retry in 3 seconds" in str(caught.value)
+        assert (await bot.send_message(8, "hello")).text == "hello"  # one injected 429 only
+        with pytest.raises(BadRequest, match="(?i)chat not found"):
+            await bot.send_message(999, "nobody")
+        assert (await bot.get_me()).username == "sneakerbot_playground_bot"

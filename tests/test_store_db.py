@@ -1,0 +1,53 @@
+"""The store: migrations create the schema on both backends, repositories read and write it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import inspect, select
+
+from bot.store.db import init_db, session_factory
+from bot.store.models import Feedback, Prediction, User
+from bot.store.repositories import FeedbackRepository, PredictionRepository, RateEventRepository, UserRepository
+
+TABLES = {"users", "predictions", "feedback", "images", "sneaker_classes", "suggestions", "model_versions",
+          "scrape_runs", "rate_events", "memory_entries", "alembic_version"}
+
+
+def test_init_db_migrates_to_head_and_is_idempotent(database_url: str) -> None:
+    engine = init_db(database_url)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    engine.dispose()
+    engine = init_db(database_url)  # a second start changes nothing and does not fail
+    assert TABLES <= set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_repositories_round_trip(database_url: str) -> None:
+    engine = init_db(database_url)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        UserRepository(session).ensure(42, username="ann", is_admin=True)
+        prediction = PredictionRepository(session).add(Prediction(
+            user_id=42, chat_id=42, message_id=7, image_sha1="a" * 40, verdict="sneaker",
+            top=[{"label": "air_jordan_1", "score": 0.9}]))
+        FeedbackRepository(session).add(Feedback(prediction_id=prediction.id, user_id=42, verdict="correct",
+                                                 label="air_jordan_1"))
+        FeedbackRepository(session).add(Feedback(prediction_id=prediction.id, user_id=42, verdict="wrong",
+                                                 label="air_jordan_3"))
+    with sessions() as session:
+        user = session.get(User, 42)
+        assert user.is_admin and user.username == "ann"
+        latest = FeedbackRepository(session).latest(prediction.id)
+        assert (latest.verdict, latest.label) == ("wrong", "air_jordan_3")
+        assert session.scalars(select(Prediction)).one().top[0]["label"] == "air_jordan_1"
+    now = datetime.now(timezone.utc)
+    with sessions.begin() as session:
+        events = RateEventRepository(session)
+        events.add(42, now - timedelta(minutes=5))
+        events.add(42, now)
+    with sessions.begin() as session:
+        events = RateEventRepository(session)
+        assert events.count_since(42, now - timedelta(minutes=1)) == 1
+        assert events.purge_before(now - timedelta(minutes=1)) == 1
+    engine.dispose()
