@@ -17,9 +17,12 @@ import argparse
 import asyncio
 import io
 import multiprocessing
+import os
+import resource
 import statistics
 import tempfile
 import time
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -105,7 +108,13 @@ async def scenario(client: httpx.AsyncClient, users: int, images: list[bytes], f
             "p95_ms": latencies[max(0, int(round(0.95 * len(latencies))) - 1)], "photos_per_s": len(latencies) / wall}
 
 
-def bot_process(overrides: dict[str, object], api_root: str, ready: Event, done: Event) -> None:
+def cpu_seconds() -> float:
+    """CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bot_process(overrides: dict[str, object], api_root: str, ready: Event, done: Event, cpu: Queue) -> None:
     """The bot in its own process, as in production (the Bot API server is not the bot's CPU)."""
 
     async def serve() -> None:
@@ -113,10 +122,12 @@ def bot_process(overrides: dict[str, object], api_root: str, ready: Event, done:
         runtime = build_runtime(settings, api_root=api_root, token=TOKEN)
         await start_bot(runtime, poll_timeout=settings.poll_timeout_s)
         served = runtime.services.models.current()
+        started_cpu = cpu_seconds()
         ready.set()
         print(f"bot: model version {served.version}, {settings.inference_threads} inference threads, "
               f"database {settings.db_url.split(':')[0]}", flush=True)
         await asyncio.to_thread(done.wait)
+        cpu.put(cpu_seconds() - started_cpu)
         await stop_bot(runtime)
 
     asyncio.run(serve())
@@ -134,20 +145,24 @@ async def main(args: argparse.Namespace) -> None:
         server = PlaygroundServer(TOKEN)
         await server.start()
         context = multiprocessing.get_context("spawn")
-        ready, done = context.Event(), context.Event()
-        child = context.Process(target=bot_process, args=(overrides, server.url, ready, done))
+        ready, done, bot_cpu = context.Event(), context.Event(), context.Queue()
+        child = context.Process(target=bot_process, args=(overrides, server.url, ready, done, bot_cpu))
         child.start()
         try:
             if not await asyncio.to_thread(ready.wait, 300):
                 raise SystemExit("the bot did not start")
             images = photos(args.photos)
+            load_before = os.getloadavg()[0]
+            cpu_before = cpu_seconds()
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
                 await scenario(client, 2, photos(6), first_user=900)  # warm-up
                 rows = [await scenario(client, 1, images, first_user=1000),
                         await scenario(client, 10, images, first_user=10_000),
                         await scenario(client, 10, images, first_user=20_000, rate=args.rate)]
+            here = cpu_seconds() - cpu_before
         finally:
             done.set()
+            bot_seconds = await asyncio.to_thread(bot_cpu.get, True, 60)
             await asyncio.to_thread(child.join, 60)
             await server.stop()
     print(f"{'users':>5} {'sending':>16} {'photos':>6} {'p50 ms':>8} {'p95 ms':>8} {'photos/s':>9}")
@@ -155,6 +170,10 @@ async def main(args: argparse.Namespace) -> None:
         mode = f"{row['offered']:g}/s in total" if row["offered"] else "after each answer"
         print(f"{row['users']:>5} {mode:>16} {row['photos']:>6} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} "
               f"{row['photos_per_s']:>9.1f}")
+    measured = sum(row["photos"] for row in rows)
+    print(f"CPU per photo: bot {bot_seconds * 1000 / (measured + 6):.0f} ms, playground + simulated users "
+          f"{here * 1000 / measured:.0f} ms; load average at start {load_before:.1f} "
+          f"on {os.cpu_count()} CPUs")
 
 
 def parse_args() -> argparse.Namespace:

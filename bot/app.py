@@ -77,9 +77,7 @@ def build_services(settings: Settings, sessions: sessionmaker[Session], served: 
         identify=IdentifyService(sessions, models, decode, data_dir=settings.data_dir, admin_ids=settings.admin_ids,
                                  top_k=settings.top_k, threads=settings.inference_threads),
         feedback=FeedbackService(sessions, data_dir=settings.data_dir, retention_days=settings.retention_days,
-                                 known_label=lambda label: any(
-                                     c.label == label for c in models.current().identifier.classes),
-                                 admin_ids=settings.admin_ids),
+                                 known_label=models.knows, admin_ids=settings.admin_ids),
         rate_limit=RateLimiter(sessions, settings.rate_limit_per_minute),
         retention=RetentionService(sessions, settings.retention_days),
     )
@@ -99,6 +97,9 @@ def build_application(settings: Settings, services: BotServices, *, api_root: st
         .base_file_url(f"{root}/file/bot")
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(settings.concurrent_updates)
+        # httpx scans every pooled connection on each request: a small pool is much cheaper than 256.
+        .connection_pool_size(settings.telegram_connection_pool)
+        .pool_timeout(30)
         .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_overall_rate, max_retries=3))
         .get_updates_read_timeout(settings.poll_timeout_s + 10)
         .build()

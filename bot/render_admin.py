@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 if TYPE_CHECKING:
+    from bot.services.admin import StatsView, StatusView
     from bot.services.retraining import RetrainOutcome
 
 NOT_ALLOWED = "Sorry, this command is not allowed: it is for the bot's admins only."
@@ -65,7 +66,7 @@ def rolled_back(version: int) -> str:
     return f"Rolled back: the bot answers with model version {version} now."
 
 
-def status(view: Any) -> str:
+def status(view: StatusView) -> str:
     """``/status``: model version and metrics, data counts, pending corrections, jobs."""
     lines = ["Status"]
     if view.current is None:
@@ -118,7 +119,7 @@ def suggestion_decided(text: str, accepted: bool, label: str | None) -> str:
     return f"Rejected “{text}”."
 
 
-def stats(view: Any) -> str:
+def stats(view: StatsView) -> str:
     """``/stats``: accuracy from user feedback per class over the last days, confused pairs."""
     lines = [f"Feedback of the last {view.days} days: {view.total} answers, accuracy {_pct(view.accuracy)}"]
     for label, correct, total in view.per_class:

@@ -42,7 +42,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     finetuned = cfg.mode == "finetune"
     backbone.eval()
     head.eval()
-    if finetuned:
+    if finetuned or not cfg.pretrained:
         artifacts.round_to_fp16(backbone)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     imagenet_valid = backbone.has_imagenet_head and (not finetuned or backbone.finetune_state().get("imagenet_branch"))
@@ -73,7 +73,8 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
         metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds)
     _plots(out, history, outputs["test"], classes, class_to_idx, cfg)
 
-    files = artifacts.save_weights(out, net, finetuned=finetuned)
+    # a backbone that is not the stock pretrained one must ship its weights
+    files = artifacts.save_weights(out, net, finetuned=finetuned or not cfg.pretrained)
     meta = {
         "format_version": artifacts.FORMAT_VERSION,
         "version": None,

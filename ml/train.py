@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -215,8 +216,13 @@ def evaluate_loader(model: FinetuneModel, loader: DataLoader, criterion: nn.Modu
     return {"loss": loss_sum / max(total, 1), "acc": top1 / max(total, 1), "top3": top3 / max(total, 1)}
 
 
-def run_finetune(cfg: TrainConfig, *, resume: bool = False) -> Path:
-    """Fit with per-epoch checkpoints and early stopping on val accuracy, then finalise."""
+def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None = None) -> Path:
+    """Fit with per-epoch checkpoints and early stopping on val accuracy, then finalise.
+
+    ``epochs`` on a resume changes the planned length of the run (e.g. to finish sooner on a
+    busy machine): the one-cycle learning-rate schedule is rebuilt for the new length and
+    fast-forwarded to the steps already done.
+    """
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -224,7 +230,10 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False) -> Path:
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         cfg = TrainConfig(**state["config"])
-        log.info("resuming %s at epoch %d/%d", out, state["epoch"] + 1, cfg.epochs)
+        if epochs and epochs != cfg.epochs:
+            log.info("resume: planned epochs %d -> %d", cfg.epochs, epochs)
+            cfg.epochs = epochs
+        log.info("resuming %s after epoch %d of %d", out, state["epoch"] + 1, cfg.epochs)
     _set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     frame, classes, snapshot = prepare_data(cfg)
@@ -251,13 +260,19 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(steps, 1),
-                                                    pct_start=min(0.3, 1.0 / max(cfg.epochs, 1)))
+                                                    pct_start=min(0.3, max(1.0 / max(cfg.epochs, 1), 2.0 / max(steps, 1))))
     history: list[dict] = []
     start_epoch, best_acc, stale = 0, -1.0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state["scheduler"].get("total_steps") == steps:
+            scheduler.load_state_dict(state["scheduler"])
+        else:  # the run's length changed: replay the new schedule up to where the run is
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore")
+                for _ in range(min(state["scheduler"]["last_epoch"], steps - 1)):
+                    scheduler.step()
         torch.set_rng_state(state["rng"])
         gen.set_state(state["gen"])
         history, best_acc, stale = state["history"], state["best_acc"], state["stale"]
@@ -325,10 +340,10 @@ def run_head(cfg: TrainConfig) -> Path:
     return finalize_model(cfg, backbone, head, classes, frame, prep, history, snapshot)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
+def run_training(cfg: TrainConfig, *, resume: bool = False, epochs: int | None = None) -> Path:
     """Entry point used by the CLI: dispatch on ``cfg.mode``; returns the model directory."""
     if cfg.mode == "finetune":
-        return run_finetune(cfg, resume=resume)
+        return run_finetune(cfg, resume=resume, epochs=epochs)
     if cfg.mode == "head":
         return run_head(cfg)
     raise ValueError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot.app import BotRuntime, build_runtime, start_bot, stop_bot
 from bot.playground import PlaygroundServer
@@ -70,7 +71,8 @@ class BotUnderTest:
     settings: Settings
 
     @property
-    def sessions(self):  # noqa: ANN201 - sessionmaker
+    def sessions(self) -> sessionmaker[Session]:
+        """The bot's session factory, to check database rows."""
         return self.runtime.sessions
 
 

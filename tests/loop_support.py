@@ -39,9 +39,13 @@ def photo(colour: tuple[int, int, int], seed: int, size: int = SIZE) -> bytes:
     return buffer.getvalue()
 
 
-def make_dataset(root: Path, per_class: int, *, seed: int = 0, rename: dict[str, str] | None = None) -> Path:
-    """``root/<label>/<i>.jpg`` for every class in ``COLOURS`` (``rename`` files a colour under another label)."""
+def make_dataset(root: Path, per_class: int, *, seed: int = 0, rename: dict[str, str] | None = None,
+                 labels: list[str] | None = None) -> Path:
+    """``root/<label>/<i>.jpg`` for the classes in ``COLOURS`` (all, or ``labels``);
+    ``rename`` files a colour under another label."""
     for k, (label, colour) in enumerate(COLOURS.items()):
+        if labels is not None and label not in labels:
+            continue
         folder = root / (rename or {}).get(label, label)
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -59,11 +63,13 @@ def train_model(data_dir: Path, out_dir: Path, cache_dir: Path, *, epochs: int =
     return Path(run_training(config))
 
 
-def shared_model(tmp_path_factory, name: str = "base", *, rotate_labels: bool = False) -> Path:  # noqa: ANN001
+def shared_model(tmp_path_factory, name: str = "base", *, rotate_labels: bool = False,  # noqa: ANN001
+                 labels: list[str] | None = None) -> Path:
     """A model trained once per test session and reused by every loop test module.
 
     ``rotate_labels`` files each colour under the next class's label: a model that is
-    confidently wrong on every test photo (the "worse candidate").
+    confidently wrong on every test photo (the "worse candidate"); ``labels`` trains on
+    some classes only (a model that does not know a class yet).
     """
     import torch
 
@@ -72,7 +78,7 @@ def shared_model(tmp_path_factory, name: str = "base", *, rotate_labels: bool = 
     model_dir = root / "model"
     if (model_dir / "model.json").is_file():
         return model_dir
-    labels = list(COLOURS)
-    rename = {label: labels[(i + 1) % len(labels)] for i, label in enumerate(labels)} if rotate_labels else None
-    data = make_dataset(root / "dataset", per_class=20, rename=rename)
+    order = list(COLOURS)
+    rename = {label: order[(i + 1) % len(order)] for i, label in enumerate(order)} if rotate_labels else None
+    data = make_dataset(root / "dataset", per_class=20, rename=rename, labels=labels)
     return train_model(data, model_dir, tmp_path_factory.getbasetemp() / "loop-cache")

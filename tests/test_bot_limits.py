@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,8 +16,11 @@ from bot import render
 from bot.playground import PlaygroundServer
 from bot.services.models import ServedModel
 from bot.store.models import Feedback, Image as ImageRow, Prediction
-from bot_harness import RED, TOKEN, BotUnderTest, ColourIdentifier, TestUser, bot_settings, jpeg_bytes, png_bytes
+from bot_harness import RED, TOKEN, BotUnderTest, ColourIdentifier, ColourPrediction, TestUser, bot_settings
+from bot_harness import jpeg_bytes, png_bytes
 from bot_harness import start_bot_on, stop
+
+Starter = Callable[..., Awaitable[BotUnderTest]]
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ async def user(server: PlaygroundServer) -> AsyncIterator[TestUser]:
 
 
 @pytest.fixture
-def start(server: PlaygroundServer, tmp_path: Path, database_url: str):  # noqa: ANN201 - an async factory
+def start(server: PlaygroundServer, tmp_path: Path, database_url: str) -> Starter:
     """Start a bot with setting overrides (each test stops what it started)."""
 
     async def starter(**overrides: object) -> BotUnderTest:
@@ -45,7 +48,7 @@ def start(server: PlaygroundServer, tmp_path: Path, database_url: str):  # noqa:
     return starter
 
 
-async def test_rate_limit_per_user(server: PlaygroundServer, start, user: TestUser) -> None:  # noqa: ANN001
+async def test_rate_limit_per_user(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
     bot = await start(rate_limit_per_minute=2)
     try:
         for n in range(2):
@@ -62,7 +65,7 @@ async def test_rate_limit_per_user(server: PlaygroundServer, start, user: TestUs
         await stop(bot)
 
 
-async def test_telegram_429_retry_after_is_respected(server: PlaygroundServer, start, user: TestUser) -> None:  # noqa: ANN001
+async def test_telegram_429_retry_after_is_respected(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
     bot = await start()
     try:
         await user.client.post("/playground/api/flood", json={"method": "sendMessage", "retry_after": 1, "count": 1})
@@ -74,7 +77,7 @@ async def test_telegram_429_retry_after_is_respected(server: PlaygroundServer, s
         await stop(bot)
 
 
-async def test_download_limits(server: PlaygroundServer, start, user: TestUser) -> None:  # noqa: ANN001
+async def test_download_limits(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
     bot = await start(max_download_bytes=40_000)
     try:
         # The biggest size that fits is used: here the 320 px one, the 1280 px one is too big.
@@ -99,7 +102,7 @@ async def test_download_limits(server: PlaygroundServer, start, user: TestUser) 
 
 
 async def test_retention_deletes_unanswered_photos_and_expires_their_buttons(
-        server: PlaygroundServer, start, user: TestUser) -> None:  # noqa: ANN001
+        server: PlaygroundServer, start: Starter, user: TestUser) -> None:
     bot = await start(retention_days=7)
     try:
         await user.send_photo(jpeg_bytes(RED, noise=40))
@@ -136,7 +139,7 @@ class GatedIdentifier(ColourIdentifier):
     def __init__(self) -> None:
         self.gate = threading.Event()
 
-    def predict(self, images, k=3):  # noqa: ANN001, ANN201 - same signature as the parent
+    def predict(self, images: Sequence[Image.Image], k: int = 3) -> list[ColourPrediction]:
         assert self.gate.wait(30), "the test never opened the gate"
         return super().predict(images, k)
 
@@ -159,7 +162,7 @@ async def test_slow_inference_does_not_block_other_chats(server: PlaygroundServe
         await stop(bot)
 
 
-async def test_set_my_commands_failure_is_not_fatal(server: PlaygroundServer, start, user: TestUser) -> None:  # noqa: ANN001
+async def test_set_my_commands_failure_is_not_fatal(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
     await user.client.post("/playground/api/flood", json={"method": "setMyCommands", "retry_after": 0, "count": 10})
     bot = await start()
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot import render
 from bot.playground import PlaygroundServer
@@ -14,7 +15,7 @@ from bot.store.models import Feedback, Prediction
 from bot_harness import BLUE, RED, TOKEN, ColourIdentifier, TestUser, bot_settings, jpeg_bytes, start_bot_on, stop
 
 
-def feedback_rows(sessions) -> list[tuple[str, str | None]]:  # noqa: ANN001
+def feedback_rows(sessions: sessionmaker[Session]) -> list[tuple[str, str | None]]:
     with sessions() as session:
         return [(f.verdict, f.label) for f in session.scalars(select(Feedback).order_by(Feedback.id))]
 

@@ -1,8 +1,8 @@
 """The whole learning loop through the local Bot API server, with a real (tiny) model and worker.
 
 Test users talk to the playground over HTTP; the bot is python-telegram-bot polling it;
-the worker is the real APScheduler worker on threads of this process, reading its
-settings from the environment like ``sneakerbot worker``. The model is trained by the ML
+the worker is ``sneakerbot worker`` in a separate process, sharing only the database and
+the data directory with the bot (settings from the environment), as in production. The model is trained by the ML
 package on generated photos (three colours = three classes) in a few seconds.
 """
 
@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,11 +22,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from bot.jobs.scheduler import Worker
 from bot.playground import PlaygroundServer
 from bot.registry import read_model_json
 from bot.settings import get_settings
-from bot.store.db import init_db
 from bot.store.models import Image as ImageRow, ModelVersion, Prediction
 from bot_harness import TOKEN, BotUnderTest, TestUser, bot_settings, start_bot_on, stop
 from loop_support import COLOURS, YELLOW, photo, shared_model
@@ -95,15 +96,18 @@ async def bot(env: Path, server: PlaygroundServer, tmp_path: Path) -> AsyncItera
 
 
 @pytest.fixture
-def worker(bot: BotUnderTest) -> Iterator[Worker]:
-    """``sneakerbot worker`` on threads of this process (settings from the environment)."""
-    settings = get_settings()
-    engine = init_db(settings.db_url)
-    running = Worker(settings, engine)
-    running.start()
-    yield running
-    running.shutdown(wait=True)
-    engine.dispose()
+def worker(bot: BotUnderTest, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """``sneakerbot worker`` in its own process, as in production (settings from the environment)."""
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], stdout=log, stderr=subprocess.STDOUT)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 @pytest.fixture
@@ -160,7 +164,7 @@ async def answered_by(bot: BotUnderTest, user: TestUser, version: int, seed: int
 
 
 async def test_corrections_retrain_promote_hot_swap_and_rollback(
-    bot: BotUnderTest, worker: Worker, client: httpx.AsyncClient, base_model: Path
+    bot: BotUnderTest, worker: subprocess.Popen, client: httpx.AsyncClient, base_model: Path
 ) -> None:
     names = display_names(base_model)
     target = weakest_label_for_yellow(base_model)
@@ -207,7 +211,7 @@ async def test_corrections_retrain_promote_hot_swap_and_rollback(
 
 
 async def test_a_worse_candidate_is_not_promoted(
-    bot: BotUnderTest, worker: Worker, client: httpx.AsyncClient, env: Path
+    bot: BotUnderTest, worker: subprocess.Popen, client: httpx.AsyncClient, env: Path
 ) -> None:
     admin = TestUser(client, ADMIN)
     # Someone taught the bot that red sneakers are Air Jordan 4 (blue), many times over.

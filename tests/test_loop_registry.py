@@ -106,3 +106,19 @@ def test_a_candidate_not_worse_is_promoted_and_rollback_works(
     with pytest.raises(BadModelDir):
         registry.rollback(3)
     assert registry.current_version() == 2
+
+
+def test_a_class_the_candidate_adds_is_not_held_against_the_current_model(
+    sessions: sessionmaker[Session], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+    good_model: Path, test_set: list[HeldOutImage],
+) -> None:
+    two_classes = shared_model(tmp_path_factory, "two", labels=["air_jordan_1", "air_jordan_3"])
+    registry = ModelRegistry(sessions, tmp_path / "models")
+    registry.install_starter(two_classes)
+    registry.register(good_model, data_snapshot={})  # knows air_jordan_4 as well
+
+    decision = registry.decide(2, test_set, predictor_evaluator)
+
+    compared = [image for image in test_set if image.label != "air_jordan_4"]
+    assert decision.candidate.n == decision.current.n == len(compared)
+    assert decision.promoted and registry.current_version() == 2

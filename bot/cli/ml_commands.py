@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         exclude_file=str(args.exclude) if args.exclude else None,
         cache_dir=str(settings.cache_path), threads=args.threads, progress=not args.no_progress,
     )
-    model_dir = run_training(cfg, resume=args.resume)
+    model_dir = run_training(cfg, resume=args.resume, epochs=args.epochs if args.resume else None)
     print(model_dir)
     return 0
 

@@ -29,7 +29,12 @@ def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
     """An admin's ``/retrain``: train now and tell the admins old vs new metrics."""
 
     def body(ctx: JobContext) -> str:
-        outcome = retrainer(ctx).retrain(only_if_new_data=False, reason="requested by an admin")
+        try:
+            outcome = retrainer(ctx).retrain(only_if_new_data=False, reason="requested by an admin")
+        except Exception as exc:
+            for chat_id in notify_chat_ids or []:
+                ctx.notify(chat_id, f"Retrain failed: {exc}")
+            raise
         for chat_id in notify_chat_ids or []:
             ctx.notify(chat_id, retrain_report(outcome))
         return outcome.summary()

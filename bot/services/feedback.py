@@ -165,9 +165,11 @@ class FeedbackService:
         if not target.exists():
             shutil.copyfile(prediction.pending_path or "", target)
         if image is None:
-            images.add(Image(sha1=prediction.image_sha1, path=str(relative), label=label, source="user",
-                             status="train", user_id=user_id))
-        elif image.path != str(relative):
+            image = images.add_once(Image(sha1=prediction.image_sha1, path=str(relative), label=label,
+                                          source="user", status="train", user_id=user_id))
+        if image.source != "user":
+            return self.data_dir / image.path  # a scraper got there first, a moment ago
+        if image.path != str(relative):
             (self.data_dir / image.path).unlink(missing_ok=True)
             image.path, image.label, image.status = str(relative), label, "train"
         else:

@@ -90,6 +90,10 @@ class ModelHolder:
         """Known classes in the order the correction keyboard shows them."""
         return sorted(self.current().identifier.classes, key=lambda c: natural_key(c.display_name))
 
+    def knows(self, label: str) -> bool:
+        """Whether the served model has this label."""
+        return any(info.label == label for info in self.current().identifier.classes)
+
     def display_name(self, label: str) -> str:
         """Human name of a label, or the label itself when the model does not know it."""
         for info in self.current().identifier.classes:

@@ -118,6 +118,17 @@ class ImageRepository:
         self.session.flush()
         return image
 
+    def add_once(self, image: Image) -> Image:
+        """Insert ``image``, or return the row another transaction just stored for its sha1."""
+        try:
+            with self.session.begin_nested():
+                self.session.add(image)
+        except IntegrityError:
+            existing = self.get_by_sha1(image.sha1)
+            assert existing is not None
+            return existing
+        return image
+
     def count_by_label(self) -> dict[str, int]:
         """Training images per label."""
         query = select(Image.label, func.count()).where(Image.status == "train").group_by(Image.label)

@@ -1,0 +1,1 @@
+"""Package data (kept importable so setuptools ships it)."""
