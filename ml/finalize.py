@@ -8,6 +8,7 @@ plots, exports ONNX and writes model.json and README.md.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +99,8 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     meta["onnx_check"] = _onnx_check(out, net, prep, outputs["val"][0], meta["files"]["onnx"])
     artifacts.write_model_json(out, meta)
     write_readme(out, meta)
+    if cfg.exclude_file and Path(cfg.exclude_file).is_file():  # the label audit travels with the model
+        shutil.copyfile(cfg.exclude_file, out / "audit.csv")
     log.info("model written to %s (test top-1 %.3f, top-3 %.3f)", out, metrics["test"].get("top1", float("nan")),
              metrics["test"].get("top3", float("nan")))
     return out
@@ -192,10 +195,9 @@ def write_readme(out: Path, meta: dict) -> Path:
     lines = [
         f"# sneakerbot model: {meta['backbone']['name']} ({cfg['mode']})",
         "",
-        f"Created {meta['created']} by `sneakerbot train {cfg['data_dir']} --backbone {cfg['backbone']} "
-        f"--mode {cfg['mode']} --epochs {cfg['epochs']} --image-size {cfg['image_size']}"
-        + (f" --trainable-stages {cfg['trainable_stages']}" if cfg.get("trainable_stages") else "")
-        + (f" --exclude {cfg['exclude_file']}" if cfg.get("exclude_file") else "") + "`.",
+        f"Created {meta['created']} by `{train_command(cfg)}`",
+        f"(resolved config in `model.json` → `config`; lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, "
+        f"label smoothing {cfg.get('label_smoothing')}, weight decay {cfg.get('weight_decay')}).",
         "",
         f"- Classes: {len(meta['classes'])} ({', '.join(c['display_name'] for c in meta['classes'][:6])}, ...)",
         f"- Data: {meta['data'].get('images')} images, split (seed {cfg['seed']}) "
@@ -225,3 +227,16 @@ def write_readme(out: Path, meta: dict) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def train_command(cfg: dict) -> str:
+    """The ``sneakerbot train`` command line that reproduces a resolved config."""
+    parts = ["sneakerbot train", cfg["data_dir"], "--backbone", cfg["backbone"], "--mode", cfg["mode"],
+             "--epochs", str(cfg["epochs"]), "--image-size", str(cfg["image_size"]), "--seed", str(cfg["seed"])]
+    if cfg.get("trainable_stages"):
+        parts += ["--trainable-stages", str(cfg["trainable_stages"])]
+    if cfg["mode"] == "head":
+        parts += ["--aug-views", str(cfg.get("aug_views", 2))] + ([] if cfg.get("flip_view", True) else ["--no-flip-view"])
+    if cfg.get("exclude_file"):
+        parts += ["--exclude", cfg["exclude_file"]]
+    return " ".join(parts)

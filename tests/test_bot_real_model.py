@@ -1,11 +1,9 @@
-"""The main path with the real model: ``ml.predictor.Predictor`` loaded from the model registry.
+"""The main path with the real model: the shipped starter model through ``ml.predictor.Predictor``.
 
-The model is a tiny one the ML package trains on generated photos (``tests/loop_support.py``,
-shared with the learning-loop tests), installed as the starter model: on first start the
-bot registers it as version 1. The expected answer is what the same Predictor says about
-the same photo, so the test checks the bot shows exactly the model's guesses and verdict.
-Threshold overrides from the settings force each verdict branch, whatever the tiny model's
-calibration says about blobs.
+On first start the bot installs ``models/starter`` as version 1 of the registry and serves
+it. The expected answer is what the same Predictor says about the same photo, so the test
+checks that the bot shows exactly the model's guesses and verdict. Threshold overrides from
+the settings force each verdict branch, whatever the model thinks of a generated photo.
 """
 
 from __future__ import annotations
@@ -22,15 +20,14 @@ from sqlalchemy import select
 from bot import render
 from bot.playground import PlaygroundServer
 from bot.store.models import Feedback, Image as ImageRow, ModelVersion, Prediction
-from bot_harness import TOKEN, TestUser, bot_settings, button_texts, start_bot_on, stop
-from loop_support import COLOURS, photo, shared_model
-
-pytestmark = pytest.mark.slow
+from bot.settings import STARTER_MODEL_DIR
+from bot_harness import RED, TOKEN, TestUser, bot_settings, button_texts, jpeg_bytes, start_bot_on, stop
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_model(tmp_path_factory)
+def model_dir() -> Path:
+    assert (STARTER_MODEL_DIR / "model.json").is_file(), f"the starter model is missing from {STARTER_MODEL_DIR}"
+    return STARTER_MODEL_DIR
 
 
 @pytest.fixture
@@ -56,7 +53,7 @@ async def test_real_model_answer_and_feedback(server: PlaygroundServer, tmp_path
 
     overrides = VERDICT_SETTINGS[verdict]
     thresholds = {"footwear": overrides.get("sneaker_threshold"), "unsure": overrides.get("unsure_threshold")}
-    data = photo(COLOURS["air_jordan_3"], seed=4711, size=160)
+    data = jpeg_bytes(RED, (320, 240), noise=4711)
     image = Image.open(io.BytesIO(data)).convert("RGB")
     expected = Predictor.load(model_dir, thresholds=thresholds).predict([image], k=3)[0]
     assert expected.verdict == verdict
@@ -75,6 +72,9 @@ async def test_real_model_answer_and_feedback(server: PlaygroundServer, tmp_path
                 await user.press(answer, "It is a sneaker")
                 listing = await user.edit()
                 chosen = expected.top[0]
+                while chosen.display_name not in button_texts(listing):  # page through the models
+                    await user.press(listing, "▶")
+                    listing = await user.edit()
                 await user.press(listing, chosen.display_name)
                 stored = ("wrong", chosen.label)
             else:

@@ -17,7 +17,7 @@ from telegram import Bot
 from telegram.error import BadRequest, RetryAfter
 
 from bot.playground import PlaygroundServer
-from bot_harness import RED, TOKEN, TestUser, jpeg_bytes
+from bot_harness import RED, TOKEN, TestUser, encoded, jpeg_bytes
 
 
 @pytest.fixture
@@ -130,7 +130,12 @@ async def test_photos_files_and_the_download_limit(server: PlaygroundServer, htt
     document = await user.send_document(b"x" * 60_000, "big.bin", "application/octet-stream")
     status, body = await call(http, "getFile", file_id=document["document"]["file_id"])
     assert (status, body["description"]) == (400, "Bad Request: file is too big")
-    response = await http.post("/playground/api/chats/7/messages", files=[("photo", ("x.jpg", b"nope", "image/jpeg"))])
+    heic = (await user.send_photos([encoded(RED, "HEIF", (640, 480))]))[0]["photo"]
+    _, body = await call(http, "getFile", file_id=heic[-1]["file_id"])
+    converted = Image.open(io.BytesIO((await http.get(f"/file/bot{TOKEN}/{body['result']['file_path']}")).content))
+    assert (converted.format, converted.size) == ("JPEG", (640, 480))
+    bad = [("photo", ("x.jpg", b"nope", "image/jpeg"))]
+    response = await http.post("/playground/api/chats/7/messages", files=bad)
     assert response.status_code == 400 and response.json()["description"] == "Bad Request: IMAGE_PROCESS_FAILED"
 
 

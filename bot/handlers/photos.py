@@ -55,7 +55,7 @@ async def identify_and_reply(message: Message, file_id: str, context: BotContext
     if not await asyncio.to_thread(services.rate_limit.allow, user.id):
         await message.reply_text(render.rate_limited_text(services.limits.rate_limit_per_minute), do_quote=True)
         return
-    await _typing(message, context)
+    context.application.create_task(_typing(message, context), update=None)  # in parallel with the download
     try:
         data = await (await context.bot.get_file(file_id)).download_as_bytearray()
     except BadRequest as exc:  # "file is too big" from the Bot API

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pillow_heif import register_heif_opener
 
 from bot.playground import userapi
 from bot.playground.botapi import call_method
@@ -72,6 +73,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def build_app(token: str, *, max_download_bytes: int = 20 * 1024 * 1024) -> web.Application:
     """The aiohttp application: Bot API, downloads, user API and the page."""
+    register_heif_opener()  # iPhone photos: Telegram's apps turn HEIC into JPEG, so does the playground
     app = web.Application(middlewares=[userapi.bot_api_errors], client_max_size=64 * 1024 * 1024)
     app[STATE] = PlaygroundState(token=token, bot_user=bot_user(token), max_download_bytes=max_download_bytes)
     app.router.add_route("*", "/bot{token}/{method}", bot_api)
