@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     scrape_daily_budget: int = 200
     memory_agree_users: int = 3
     start_worker_in_bot: bool = True
-    memory_match_threshold: float = 0.97  # cosine similarity of "the same or near-identical photo"
+    memory_match_threshold: float = 0.94  # cosine similarity of "the same or near-identical photo"
     memory_max_weight: float = 0.9  # largest share of an answer the memory may take
     promotion_tolerance: float = 0.0  # a candidate may lose this much top-1 and still be promoted
     retrain_check_seconds: int = 30  # how often the worker looks for due work (corrections, requests)

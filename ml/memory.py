@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Cosine similarity above which two photos count as "the same or near-identical".
-DEFAULT_MATCH_THRESHOLD = 0.97
+DEFAULT_MATCH_THRESHOLD = 0.94
 #: Largest share of the final score the memory may take (at similarity 1.0).
 DEFAULT_MAX_WEIGHT = 0.9
 

@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Libraries that log every request or every job run at INFO would drown the bot's own log.
+    for noisy in ("httpx", "apscheduler.executors", "apscheduler.scheduler", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()
     return int(args.func(args, settings) or 0)
 
