@@ -59,17 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     fc = resnet.fc
 
     rows = []
+    print(f"timing {args.model} ({onnx.info.backbone}@{size}) and eager ResNet18 ...", flush=True)
     for batch in (1, 16):
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
         xr = torch.randn(batch, 3, 224, 224)
-        reps = max(10, args.repeats // (4 if batch > 1 else 1))
+        warmup = 5 if batch == 1 else 1
+        reps = max(3, args.repeats // (6 if batch > 1 else 1))
         rows.append(("onnxruntime", f"{onnx.info.backbone}@{size}", batch,
-                     median_ms(lambda: onnx._runner(x), reps) / batch))
+                     median_ms(lambda: onnx._runner(x), reps, warmup) / batch))
         with torch.inference_mode():
-            rows.append(("torch eager", f"{onnx.info.backbone}@{size}", batch, median_ms(lambda: net(xt), reps) / batch))
+            rows.append(("torch eager", f"{onnx.info.backbone}@{size}", batch, median_ms(lambda: net(xt), reps, warmup) / batch))
             rows.append(("torch eager", "resnet18@224 (reference)", batch,
-                         median_ms(lambda: fc(resnet(xr)), reps) / batch))
+                         median_ms(lambda: fc(resnet(xr)), reps, warmup) / batch))
     jpeg = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (190, 270, 3), dtype=np.uint8)).save(jpeg, "JPEG")
     data = jpeg.getvalue()

@@ -32,6 +32,7 @@ from telegram.ext import (
 from bot import learning_loop, render
 from bot.handlers import commands, fallback, feedback, photos
 from bot.handlers.context import SERVICES_KEY, BotContext, BotLimits, BotServices
+from bot.services.decoding import PhotoDecoder
 from bot.services.feedback import FeedbackService
 from bot.services.identify import IdentifyService
 from bot.services.models import ModelHolder, ServedModel, load_served_model
@@ -39,6 +40,7 @@ from bot.services.ratelimit import RateLimiter
 from bot.services.retention import RetentionService
 from bot.settings import Settings
 from bot.store.db import init_db, session_factory
+from bot.telegram_http import HttpOptions, make_request
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,8 @@ class BotRuntime:
 
 def build_services(settings: Settings, sessions: sessionmaker[Session], served: ServedModel) -> BotServices:
     """The services, from plain settings values."""
-    from ml.images import open_image
-
     models = ModelHolder(served)
-    decode = functools.partial(open_image, max_pixels=settings.max_image_pixels)
+    decode = PhotoDecoder(max_pixels=settings.max_image_pixels)
     return BotServices(
         limits=BotLimits(settings.max_download_bytes, settings.rate_limit_per_minute, settings.retention_days,
                          settings.search_url_template, settings.admin_ids, settings.retention_interval_s),
@@ -97,11 +97,11 @@ def build_application(settings: Settings, services: BotServices, *, api_root: st
         .base_file_url(f"{root}/file/bot")
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(settings.concurrent_updates)
-        # httpx scans every pooled connection on each request: a small pool is much cheaper than 256.
-        .connection_pool_size(settings.telegram_connection_pool)
-        .pool_timeout(30)
+        # A small pool: httpx scans every pooled connection on each request.
+        .request(make_request(settings.telegram_http, HttpOptions(pool_size=settings.telegram_connection_pool)))
+        # getUpdates has its own connection; PTB adds the long-poll timeout to this read timeout.
+        .get_updates_request(make_request(settings.telegram_http, HttpOptions(pool_size=1, read_timeout=10)))
         .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_overall_rate, max_retries=3))
-        .get_updates_read_timeout(settings.poll_timeout_s + 10)
         .build()
     )
     application.bot_data[SERVICES_KEY] = services

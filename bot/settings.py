@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     telegram_overall_rate: float = 30.0  # messages/s across chats (Telegram's limit); 0 turns it off
     concurrent_updates: int = 64  # updates handled at once; inference has its own thread pool
     telegram_connection_pool: int = 8  # HTTP connections to the Bot API server
+    telegram_http: str = "aiohttp"  # the Bot API transport: "aiohttp" (cheaper per call) or "httpx" (PTB's own)
     poll_timeout_s: int = 10  # getUpdates long-poll timeout
     retention_interval_s: int = 3600  # how often expired pending photos are purged
 

@@ -5,7 +5,7 @@
 #   DATA=/path/to/air-jordan bash scripts/build-starter-model.sh
 #
 # About 1-1.5 h on a 2-core CPU (EfficientNet-Lite0, blocks 8-15 + head fine-tuned at 160 px,
-# 12 epochs). Every epoch is checkpointed: if the run is interrupted, run this script again
+# 9 epochs). Every epoch is checkpointed: if the run is interrupted, run this script again
 # (or the resume command below) and it continues where it stopped:
 #
 #   .venv/bin/sneakerbot train ../shared/datasets/air-jordan --mode finetune --out var/starter-train --resume \
@@ -31,7 +31,7 @@ else
     # 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (left out of train only)
     [ -f "$AUDIT" ] || "$SB" audit "$DATA" --image-size 160 --out "$AUDIT" --threads "$THREADS"
     # 2. fine-tune: one model over all classes
-    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 12 --image-size 160 \
+    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 9 --image-size 160 \
         --trainable-stages 9 --exclude "$AUDIT" --threads "$THREADS" --out "$RUN" --no-progress
 fi
 
@@ -42,6 +42,18 @@ cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/
 for optional in backbone.pt model.onnx audit.csv; do
     [ -f "$RUN/$optional" ] && cp "$RUN/$optional" "$OUT.new"/
 done
+cat >> "$OUT.new/README.md" <<'MD'
+## How to rebuild
+
+`make starter-model` runs `scripts/build-starter-model.sh`: a label audit (`sneakerbot audit`: out-of-fold
+predictions of a linear head on frozen EfficientNet-Lite0 features flag images whose folder label is probably
+wrong; they are left out of *train* only, `audit.csv`), then `sneakerbot train --mode finetune` (stem and
+blocks 0-7 frozen and shared; blocks 8-15 + head conv fine-tuned; a frozen pretrained copy of blocks 8-15 +
+the ImageNet head kept in the same graph for the footwear score), then this directory is copied from
+`var/starter-train/` without checkpoints. Weights ship as fp16 (`backbone.pt`, metrics above are measured
+with exactly these weights); `model.onnx` is built on first load into the cache directory because the fp32
+graph would take this directory over 25 MB. No images are included.
+MD
 rm -rf "$OUT"
 mv "$OUT.new" "$OUT"
 du -sh "$OUT"

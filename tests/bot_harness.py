@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
+from telegram.error import RetryAfter
 
 from bot.app import BotRuntime, build_runtime, start_bot, stop_bot
 from bot.playground import PlaygroundServer
@@ -25,6 +28,7 @@ from bot.settings import Settings
 
 TOKEN = "123456:TEST-token"
 WAIT = 20.0  # seconds to wait for a bot reply before failing
+HTTP_TIMEOUT = 60.0  # upper bound for one user API call (a busy machine is slow; nothing asserts on speed)
 
 
 def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (320, 240), noise: int = 0) -> bytes:
@@ -76,16 +80,52 @@ class BotUnderTest:
         return self.runtime.sessions
 
 
-async def start_bot_on(server: PlaygroundServer, settings: Settings, served: ServedModel | None) -> BotUnderTest:
-    """Build and start a bot polling ``server`` (the real model loads when ``served`` is None)."""
+def colour_model(version: int = 1) -> ServedModel:
+    """The colour test double (``ColourIdentifier``) served as model ``version``."""
+    return ServedModel(version, ColourIdentifier())
+
+
+@asynccontextmanager
+async def running_bot(server: PlaygroundServer, settings: Settings,
+                      served: ServedModel | None) -> AsyncIterator[BotUnderTest]:
+    """A bot polling ``server`` for the ``async with`` block, stopped however the block ends (the server runs on).
+
+    The real model loads when ``served`` is None. Tests that stop and start bots themselves
+    (restarts, changed settings) use it inline; the others get one from their module's ``bot`` fixture.
+    """
     runtime = await asyncio.to_thread(build_runtime, settings, served=served, api_root=server.url, token=TOKEN)
     await start_bot(runtime, poll_timeout=settings.poll_timeout_s)
-    return BotUnderTest(server, runtime, settings)
+    try:
+        yield BotUnderTest(server, runtime, settings)
+    finally:
+        await stop_bot(runtime)
 
 
-async def stop(bot: BotUnderTest) -> None:
-    """Stop the bot (the server keeps running)."""
-    await stop_bot(bot.runtime)
+@asynccontextmanager
+async def running_playground(**options: Any) -> AsyncIterator[PlaygroundServer]:
+    """A started playground (the tests' Telegram) for the ``async with`` block; ``options`` go to the server."""
+    server = PlaygroundServer(TOKEN, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def user_api(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the playground, for ``TestUser``s (the user API is what the web chat uses)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
+        yield client
+
+
+def retry_after_seconds(error: RetryAfter) -> float:
+    """``RetryAfter.retry_after`` in seconds, whether python-telegram-bot gives an int or a ``timedelta``.
+
+    PTB 22 returns an int unless ``PTB_TIMEDELTA`` is set; a later major version always returns a timedelta.
+    """
+    value = error.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 @dataclass
@@ -130,6 +170,19 @@ class TestUser:
     async def press(self, message: dict, text: str) -> str:
         """Press the inline button whose text contains ``text``."""
         return await self.press_data(message["message_id"], button(message, text)["callback_data"])
+
+    async def confirm(self, answer: dict) -> dict:
+        """Press ✅ Correct on ``answer``; returns the edited message."""
+        await self.press(answer, "Correct")
+        return await self.edit()
+
+    async def correct(self, answer: dict, choice: str) -> dict:
+        """❌ Wrong (or "It is a sneaker"), then the list's button ``choice``; returns the message after that edit."""
+        wrong = "Wrong" if any("Wrong" in text for text in button_texts(answer)) else "It is a sneaker"
+        await self.press(answer, wrong)
+        listing = await self.edit()
+        await self.press(listing, choice)
+        return await self.edit()
 
     async def next_event(self, *types: str, timeout: float = WAIT) -> dict:
         """The oldest unseen bot event of one of ``types`` in this chat (others stay for later calls).

@@ -16,51 +16,33 @@ from sqlalchemy import func, select
 
 from bot import render
 from bot.playground import PlaygroundServer
-from bot.services.models import ServedModel
 from bot.store.models import Feedback, Image as ImageRow, Prediction, Suggestion, User
 from bot_harness import (
     BLUE,
     GREY,
     RED,
-    TOKEN,
     BotUnderTest,
-    ColourIdentifier,
     TestUser,
+    bot_settings,
     button,
     button_texts,
+    colour_model,
     encoded,
     jpeg_bytes,
     png_bytes,
-    start_bot_on,
-    stop,
-    bot_settings,
+    running_bot,
 )
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[PlaygroundServer]:
-    playground = PlaygroundServer(TOKEN)
-    await playground.start()
-    yield playground
-    await playground.stop()
+async def bot(playground: PlaygroundServer, tmp_path: Path, database_url: str) -> AsyncIterator[BotUnderTest]:
+    async with running_bot(playground, bot_settings(tmp_path, database_url), colour_model(3)) as running:
+        yield running
 
 
 @pytest.fixture
-async def bot(server: PlaygroundServer, tmp_path: Path, database_url: str) -> AsyncIterator[BotUnderTest]:
-    running = await start_bot_on(server, bot_settings(tmp_path, database_url), ServedModel(3, ColourIdentifier()))
-    yield running
-    await stop(running)
-
-
-@pytest.fixture
-async def client(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        yield http
-
-
-@pytest.fixture
-def user(client: httpx.AsyncClient) -> TestUser:
-    return TestUser(client, user_id=1001)
+def user(playground_http: httpx.AsyncClient) -> TestUser:
+    return TestUser(playground_http, user_id=1001)
 
 
 def count(bot: BotUnderTest, model: type) -> int:
@@ -210,16 +192,13 @@ async def test_junk_gets_short_replies_and_stores_nothing(bot: BotUnderTest, use
     assert not (bot.settings.data_dir / "pending").exists()
 
 
-async def test_decompression_bomb_is_refused(server: PlaygroundServer, tmp_path: Path, database_url: str,
+async def test_decompression_bomb_is_refused(playground: PlaygroundServer, tmp_path: Path, database_url: str,
                                              user: TestUser) -> None:
     settings = bot_settings(tmp_path, database_url, max_image_pixels=1_000_000)
-    running = await start_bot_on(server, settings, ServedModel(1, ColourIdentifier()))
-    try:
+    async with running_bot(playground, settings, colour_model()) as running:
         await user.send_document(png_bytes(RED, (2000, 1000)), "huge.png", "image/png")
         assert (await user.reply())["text"] == render.rejection_text("too_many_pixels")
         assert count(running, Prediction) == 0
-    finally:
-        await stop(running)
 
 
 async def test_album_gets_one_answer_per_photo(bot: BotUnderTest, user: TestUser) -> None:
@@ -230,8 +209,7 @@ async def test_album_gets_one_answer_per_photo(bot: BotUnderTest, user: TestUser
     assert count(bot, Prediction) == 3
 
 
-async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user: TestUser,
-                                                         client: httpx.AsyncClient) -> None:
+async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user: TestUser) -> None:
     await user.send_photo(jpeg_bytes(RED, noise=7))
     answer = await user.reply()
     pid = prediction_id_of(answer)
@@ -244,7 +222,7 @@ async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user
         assert (event["text"], event["show_alert"]) == (alert, True), data
 
     # Another user sends this user's prediction id from their own message: polite alert, nothing stored.
-    other = TestUser(client, user_id=2002)
+    other = TestUser(user.client, user_id=2002)
     await other.send_photo(jpeg_bytes(RED, noise=8))
     their_answer = await other.reply()
     for data in (f"c:{pid}", f"l:{pid}:air_jordan_3", f"w:{pid}", f"n:{pid}"):
@@ -255,6 +233,5 @@ async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user
     assert (await user.quiet(0.2)) == []  # nothing was edited in the owner's chat
 
     # The owner's own press still works afterwards.
-    await user.press(answer, "Correct")
-    await user.edit()
+    await user.confirm(answer)
     assert feedback_of(bot, pid) == [("correct", "air_jordan_11")]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,41 +17,29 @@ from bot import render
 from bot.playground import PlaygroundServer
 from bot.services.models import ServedModel
 from bot.store.models import Feedback, Image as ImageRow, Prediction
-from bot_harness import RED, TOKEN, BotUnderTest, ColourIdentifier, ColourPrediction, TestUser, bot_settings
-from bot_harness import jpeg_bytes, png_bytes
-from bot_harness import start_bot_on, stop
+from bot_harness import RED, BotUnderTest, ColourIdentifier, ColourPrediction, TestUser, bot_settings, colour_model
+from bot_harness import jpeg_bytes, png_bytes, running_bot
 
-Starter = Callable[..., Awaitable[BotUnderTest]]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[PlaygroundServer]:
-    playground = PlaygroundServer(TOKEN)
-    await playground.start()
-    yield playground
-    await playground.stop()
+Starter = Callable[..., AbstractAsyncContextManager[BotUnderTest]]
 
 
 @pytest.fixture
-async def user(server: PlaygroundServer) -> AsyncIterator[TestUser]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        yield TestUser(client, user_id=3003)
+def user(playground_http: httpx.AsyncClient) -> TestUser:
+    return TestUser(playground_http, user_id=3003)
 
 
 @pytest.fixture
-def start(server: PlaygroundServer, tmp_path: Path, database_url: str) -> Starter:
-    """Start a bot with setting overrides (each test stops what it started)."""
+def start(playground: PlaygroundServer, tmp_path: Path, database_url: str) -> Starter:
+    """``async with start(**setting_overrides) as bot``: a bot with the colour model for the block."""
 
-    async def starter(**overrides: object) -> BotUnderTest:
-        return await start_bot_on(server, bot_settings(tmp_path, database_url, **overrides),
-                                  ServedModel(1, ColourIdentifier()))
+    def starter(**overrides: object) -> AbstractAsyncContextManager[BotUnderTest]:
+        return running_bot(playground, bot_settings(tmp_path, database_url, **overrides), colour_model())
 
     return starter
 
 
-async def test_rate_limit_per_user(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
-    bot = await start(rate_limit_per_minute=2)
-    try:
+async def test_rate_limit_per_user(start: Starter, user: TestUser) -> None:
+    async with start(rate_limit_per_minute=2) as bot:
         for n in range(2):
             await user.send_photo(jpeg_bytes(RED, noise=20 + n))
             assert "Air Jordan 11" in (await user.reply())["text"]
@@ -61,25 +50,20 @@ async def test_rate_limit_per_user(server: PlaygroundServer, start: Starter, use
         assert "Air Jordan 11" in (await other.reply())["text"]
         with bot.sessions() as session:
             assert session.scalar(select(func.count()).select_from(Prediction)) == 3
-    finally:
-        await stop(bot)
 
 
-async def test_telegram_429_retry_after_is_respected(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
-    bot = await start()
-    try:
+async def test_telegram_429_retry_after_is_respected(playground: PlaygroundServer, start: Starter, user: TestUser,
+                                                     ptb_time_periods: str) -> None:
+    async with start():
         await user.client.post("/playground/api/flood", json={"method": "sendMessage", "retry_after": 1, "count": 1})
         await user.send_text("/start")
         assert "sneaker" in (await user.reply())["text"]  # sent after waiting retry_after
-        assert server.state.floods["sendmessage"] == []  # the 429 really happened
+        assert playground.state.floods["sendmessage"] == []  # the 429 really happened
         assert await user.quiet(0.5) == []  # and the message went out once
-    finally:
-        await stop(bot)
 
 
-async def test_download_limits(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
-    bot = await start(max_download_bytes=40_000)
-    try:
+async def test_download_limits(start: Starter, user: TestUser) -> None:
+    async with start(max_download_bytes=40_000) as bot:
         # The biggest size that fits is used: here the 320 px one, the 1280 px one is too big.
         photo = jpeg_bytes(RED, (1600, 1200), noise=30)
         sent = await user.send_photo(photo)
@@ -91,20 +75,13 @@ async def test_download_limits(server: PlaygroundServer, start: Starter, user: T
 
         await user.send_document(png_bytes(RED, (300, 300)) + b"\0" * 50_000, "big.png", "image/png")
         assert (await user.reply())["text"] == render.too_large_text(40_000)
-    finally:
-        await stop(bot)
-    small = await start(max_download_bytes=1_000)
-    try:
+    async with start(max_download_bytes=1_000):
         await user.send_photo(jpeg_bytes(RED, (400, 300), noise=31))
         assert (await user.reply())["text"] == render.too_large_text(1_000)
-    finally:
-        await stop(small)
 
 
-async def test_retention_deletes_unanswered_photos_and_expires_their_buttons(
-        server: PlaygroundServer, start: Starter, user: TestUser) -> None:
-    bot = await start(retention_days=7)
-    try:
+async def test_retention_deletes_unanswered_photos_and_expires_their_buttons(start: Starter, user: TestUser) -> None:
+    async with start(retention_days=7) as bot:
         await user.send_photo(jpeg_bytes(RED, noise=40))
         kept = await user.reply()
         await user.press(kept, "Correct")
@@ -129,8 +106,6 @@ async def test_retention_deletes_unanswered_photos_and_expires_their_buttons(
         assert (alert["text"], alert["show_alert"]) == (render.ALERTS["expired"], True)
         with bot.sessions() as session:
             assert session.scalar(select(func.count()).select_from(Feedback)) == 1
-    finally:
-        await stop(bot)
 
 
 class GatedIdentifier(ColourIdentifier):
@@ -144,30 +119,27 @@ class GatedIdentifier(ColourIdentifier):
         return super().predict(images, k)
 
 
-async def test_slow_inference_does_not_block_other_chats(server: PlaygroundServer, tmp_path: Path,
+async def test_slow_inference_does_not_block_other_chats(playground: PlaygroundServer, tmp_path: Path,
                                                          database_url: str, user: TestUser) -> None:
     identifier = GatedIdentifier()
-    bot = await start_bot_on(server, bot_settings(tmp_path, database_url), ServedModel(1, identifier))
-    try:
-        await user.send_photo(jpeg_bytes(RED, noise=50))
-        await user.next_event("chat_action")  # the photo is being worked on
-        other = TestUser(user.client, user_id=3005)
-        await other.send_text("/start")
-        assert "sneaker" in (await other.reply())["text"]  # answered while inference is stuck
-        assert await user.quiet(0) == []
-        identifier.gate.set()
-        assert "Air Jordan 11" in (await user.reply())["text"]
-    finally:
-        identifier.gate.set()
-        await stop(bot)
+    async with running_bot(playground, bot_settings(tmp_path, database_url), ServedModel(1, identifier)):
+        try:
+            await user.send_photo(jpeg_bytes(RED, noise=50))
+            await user.next_event("chat_action")  # the photo is being worked on
+            other = TestUser(user.client, user_id=3005)
+            await other.send_text("/start")
+            assert "sneaker" in (await other.reply())["text"]  # answered while inference is stuck
+            assert await user.quiet(0) == []
+            identifier.gate.set()
+            assert "Air Jordan 11" in (await user.reply())["text"]
+        finally:
+            identifier.gate.set()  # a failed test must not leave the bot's worker thread stuck
 
 
-async def test_set_my_commands_failure_is_not_fatal(server: PlaygroundServer, start: Starter, user: TestUser) -> None:
+async def test_set_my_commands_failure_is_not_fatal(playground: PlaygroundServer, start: Starter,
+                                                     user: TestUser) -> None:
     await user.client.post("/playground/api/flood", json={"method": "setMyCommands", "retry_after": 0, "count": 10})
-    bot = await start()
-    try:
+    async with start():
         await user.send_text("/start")
         assert "sneaker" in (await user.reply())["text"]
-        assert server.state.commands == []
-    finally:
-        await stop(bot)
+        assert playground.state.commands == []

@@ -9,7 +9,6 @@ the settings force each verdict branch, whatever the model thinks of a generated
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,21 +20,13 @@ from bot import render
 from bot.playground import PlaygroundServer
 from bot.store.models import Feedback, Image as ImageRow, ModelVersion, Prediction
 from bot.settings import STARTER_MODEL_DIR
-from bot_harness import RED, TOKEN, TestUser, bot_settings, button_texts, jpeg_bytes, start_bot_on, stop
+from bot_harness import RED, TestUser, bot_settings, button_texts, jpeg_bytes, running_bot
 
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
     assert (STARTER_MODEL_DIR / "model.json").is_file(), f"the starter model is missing from {STARTER_MODEL_DIR}"
     return STARTER_MODEL_DIR
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[PlaygroundServer]:
-    playground = PlaygroundServer(TOKEN)
-    await playground.start()
-    yield playground
-    await playground.stop()
 
 
 # Threshold overrides (settings ``sneaker_threshold``/``unsure_threshold``) that force each branch:
@@ -47,8 +38,8 @@ VERDICT_SETTINGS = {
 
 
 @pytest.mark.parametrize("verdict", list(VERDICT_SETTINGS))
-async def test_real_model_answer_and_feedback(server: PlaygroundServer, tmp_path: Path, database_url: str,
-                                              model_dir: Path, verdict: str) -> None:
+async def test_real_model_answer_and_feedback(playground: PlaygroundServer, playground_http: httpx.AsyncClient,
+                                              tmp_path: Path, database_url: str, model_dir: Path, verdict: str) -> None:
     from ml.predictor import Predictor
 
     overrides = VERDICT_SETTINGS[verdict]
@@ -58,37 +49,33 @@ async def test_real_model_answer_and_feedback(server: PlaygroundServer, tmp_path
     expected = Predictor.load(model_dir, thresholds=thresholds).predict([image], k=3)[0]
     assert expected.verdict == verdict
     settings = bot_settings(tmp_path, database_url, starter_model_dir=model_dir, **overrides)
-    bot = await start_bot_on(server, settings, None)
-    try:
+    async with running_bot(playground, settings, None) as bot:
         with bot.sessions() as session:
             version = session.scalars(select(ModelVersion)).one()
             assert (version.version, version.is_current, version.status) == (1, True, "promoted")
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            user = TestUser(client, user_id=1234)
-            await user.send_photo(data)
-            answer = await user.reply()
-            if expected.verdict == "not_sneaker":
-                assert answer["text"] == render.NOT_SNEAKER_TEXT
-                await user.press(answer, "It is a sneaker")
+        user = TestUser(playground_http, user_id=1234)
+        await user.send_photo(data)
+        answer = await user.reply()
+        if expected.verdict == "not_sneaker":
+            assert answer["text"] == render.NOT_SNEAKER_TEXT
+            await user.press(answer, "It is a sneaker")
+            listing = await user.edit()
+            chosen = expected.top[0]
+            while chosen.display_name not in button_texts(listing):  # page through the models
+                await user.press(listing, "▶")
                 listing = await user.edit()
-                chosen = expected.top[0]
-                while chosen.display_name not in button_texts(listing):  # page through the models
-                    await user.press(listing, "▶")
-                    listing = await user.edit()
-                await user.press(listing, chosen.display_name)
-                stored = ("wrong", chosen.label)
-            else:
-                for rank, guess in enumerate(expected.top, 1):
-                    assert f"{rank}. {guess.display_name} — {render.percent(guess.score)}" in answer["text"]
-                assert button_texts(answer)[:2] == ["✅ Correct", "❌ Wrong"]
-                await user.press(answer, "Correct")
-                stored = ("correct", expected.top[0].label)
-            await user.edit()
+            await user.press(listing, chosen.display_name)
+            stored = ("wrong", chosen.label)
+        else:
+            for rank, guess in enumerate(expected.top, 1):
+                assert f"{rank}. {guess.display_name} — {render.percent(guess.score)}" in answer["text"]
+            assert button_texts(answer)[:2] == ["✅ Correct", "❌ Wrong"]
+            await user.press(answer, "Correct")
+            stored = ("correct", expected.top[0].label)
+        await user.edit()
         with bot.sessions() as session:
             prediction = session.scalars(select(Prediction)).one()
             assert prediction.model_version == 1 and prediction.verdict == expected.verdict
             assert [t["label"] for t in prediction.top] == [g.label for g in expected.top]
             assert [(f.verdict, f.label) for f in session.scalars(select(Feedback))] == [stored]
             assert session.scalars(select(ImageRow)).one().label == stored[1]
-    finally:
-        await stop(bot)

@@ -18,9 +18,8 @@ from sqlalchemy import select, text
 from bot import render_admin
 from bot.jobs.scheduler import JOB_TABLE
 from bot.playground import PlaygroundServer
-from bot.services.models import ServedModel
 from bot.store.models import Notification, SneakerClass, Suggestion
-from bot_harness import RED, TOKEN, BotUnderTest, ColourIdentifier, TestUser, bot_settings, button, jpeg_bytes, start_bot_on, stop
+from bot_harness import RED, BotUnderTest, TestUser, bot_settings, button, colour_model, jpeg_bytes, running_bot
 
 ADMIN = 4242
 COMMANDS = ["/status", "/retrain", "/scrape air_jordan_1 5", "/addclass air_max_90 Air Max 90", "/classes",
@@ -28,26 +27,22 @@ COMMANDS = ["/status", "/retrain", "/scrape air_jordan_1 5", "/addclass air_max_
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[PlaygroundServer]:
-    playground = PlaygroundServer(TOKEN)
-    await playground.start()
-    yield playground
-    await playground.stop()
-
-
-@pytest.fixture
-async def bot(server: PlaygroundServer, tmp_path: Path) -> AsyncIterator[BotUnderTest]:
+async def bot(playground: PlaygroundServer, tmp_path: Path) -> AsyncIterator[BotUnderTest]:
     settings = bot_settings(tmp_path, f"sqlite:///{tmp_path / 'bot.db'}", admin_ids=frozenset({ADMIN}),
                             model_poll_seconds=0.5)
-    running = await start_bot_on(server, settings, ServedModel(3, ColourIdentifier()))
-    yield running
-    await stop(running)
+    async with running_bot(playground, settings, colour_model(3)) as running:
+        yield running
 
 
 @pytest.fixture
-async def client(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        yield http
+def user(playground_http: httpx.AsyncClient) -> TestUser:
+    """Someone who is not an admin."""
+    return TestUser(playground_http, user_id=1001)
+
+
+@pytest.fixture
+def admin(playground_http: httpx.AsyncClient) -> TestUser:
+    return TestUser(playground_http, user_id=ADMIN)
 
 
 def queued_jobs(bot: BotUnderTest) -> list[str]:
@@ -58,9 +53,8 @@ def queued_jobs(bot: BotUnderTest) -> list[str]:
 
 
 async def test_a_non_admin_cannot_run_admin_commands(
-    bot: BotUnderTest, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    bot: BotUnderTest, user: TestUser, caplog: pytest.LogCaptureFixture
 ) -> None:
-    user = TestUser(client, user_id=1001)
     with caplog.at_level(logging.WARNING, logger="bot.handlers.admin"):
         for command in COMMANDS:
             await user.send_text(command)
@@ -71,8 +65,7 @@ async def test_a_non_admin_cannot_run_admin_commands(
         assert session.get(SneakerClass, "air_max_90") is None
 
 
-async def test_admin_requests_reach_the_job_store(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
-    admin = TestUser(client, user_id=ADMIN)
+async def test_admin_requests_reach_the_job_store(bot: BotUnderTest, admin: TestUser) -> None:
     await admin.send_text("/retrain")
     assert "queued" in (await admin.reply())["text"]
     await admin.send_text("/scrape air_jordan_1 5")
@@ -81,12 +74,15 @@ async def test_admin_requests_reach_the_job_store(bot: BotUnderTest, client: htt
     assert "lowercase" in (await admin.reply())["text"]
     await admin.send_text("/scrape air_jordan_1 lots")
     assert (await admin.reply())["text"].startswith("Usage: /scrape")
+    await admin.send_text("/addclass air_max_90")
+    assert (await admin.reply())["text"] == render_admin.usage("addclass", "<label> <display name>")
+    await admin.send_text("/rollback latest")
+    assert (await admin.reply())["text"] == render_admin.usage("rollback", "<version>")
 
     assert queued_jobs(bot) == ["retrain_now", "scrape_now:air_jordan_1"]
 
 
-async def test_status_and_classes_answer(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
-    admin = TestUser(client, user_id=ADMIN)
+async def test_status_and_classes_answer(bot: BotUnderTest, admin: TestUser) -> None:
     await admin.send_text("/status")
     status = (await admin.reply())["text"]
     assert "Model: none installed" in status and "corrections since the last retrain" in status
@@ -94,14 +90,11 @@ async def test_status_and_classes_answer(bot: BotUnderTest, client: httpx.AsyncC
     assert "No classes yet." in (await admin.reply())["text"]
 
 
-async def test_suggestion_accepted_becomes_a_class_to_scrape(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
-    user, admin = TestUser(client, user_id=1001), TestUser(client, user_id=ADMIN)
+async def test_suggestion_accepted_becomes_a_class_to_scrape(bot: BotUnderTest, user: TestUser,
+                                                             admin: TestUser) -> None:
     await user.send_photo(jpeg_bytes(RED, noise=5))
     answer = await user.reply()
-    await user.press(answer, "Wrong")
-    listing = await user.edit()
-    await user.press(listing, "Not listed")
-    await user.edit()
+    await user.correct(answer, "Not listed")
     await user.send_text("Air Max 90")
     await user.reply()
 
@@ -127,18 +120,11 @@ async def test_suggestion_accepted_becomes_a_class_to_scrape(bot: BotUnderTest, 
     assert "scrape_now:air_max_90" in queued_jobs(bot)
 
 
-async def test_stats_sends_text_and_a_confusion_matrix(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
-    user, admin = TestUser(client, user_id=1001), TestUser(client, user_id=ADMIN)
+async def test_stats_sends_text_and_a_confusion_matrix(bot: BotUnderTest, user: TestUser, admin: TestUser) -> None:
     await user.send_photo(jpeg_bytes(RED, noise=6))
-    answer = await user.reply()
-    await user.press(answer, "Correct")
-    await user.edit()
+    await user.confirm(await user.reply())
     await user.send_photo(jpeg_bytes(RED, noise=7))
-    answer = await user.reply()
-    await user.press(answer, "Wrong")
-    listing = await user.edit()
-    await user.press(listing, "Air Jordan 2")
-    await user.edit()
+    await user.correct(await user.reply(), "Air Jordan 2")
 
     await admin.send_text("/stats")
     summary = (await admin.reply())["text"]
@@ -148,8 +134,7 @@ async def test_stats_sends_text_and_a_confusion_matrix(bot: BotUnderTest, client
     assert picture.get("photo") and "Confusion matrix" in picture["caption"]
 
 
-async def test_worker_messages_are_delivered_once(bot: BotUnderTest, client: httpx.AsyncClient) -> None:
-    admin = TestUser(client, user_id=ADMIN)
+async def test_worker_messages_are_delivered_once(bot: BotUnderTest, admin: TestUser) -> None:
     with bot.sessions.begin() as session:
         session.add(Notification(chat_id=ADMIN, text="Retrain finished: version 2"))
     assert (await admin.reply())["text"] == "Retrain finished: version 2"

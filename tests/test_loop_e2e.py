@@ -26,7 +26,7 @@ from bot.playground import PlaygroundServer
 from bot.registry import read_model_json
 from bot.settings import get_settings
 from bot.store.models import Image as ImageRow, ModelVersion, Prediction
-from bot_harness import TOKEN, BotUnderTest, TestUser, bot_settings, start_bot_on, stop
+from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
 from loop_support import COLOURS, YELLOW, photo, shared_model
 
 ADMIN = 4242
@@ -80,19 +80,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_model: Path) -> Pa
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[PlaygroundServer]:
-    playground = PlaygroundServer(TOKEN)
-    await playground.start()
-    yield playground
-    await playground.stop()
-
-
-@pytest.fixture
-async def bot(env: Path, server: PlaygroundServer, tmp_path: Path) -> AsyncIterator[BotUnderTest]:
+async def bot(env: Path, playground: PlaygroundServer, tmp_path: Path) -> AsyncIterator[BotUnderTest]:
     settings = bot_settings(tmp_path, get_settings().db_url, admin_ids=frozenset({ADMIN}), model_poll_seconds=0.5)
-    running = await start_bot_on(server, settings, None)  # the real model: the registry's version 1
-    yield running
-    await stop(running)
+    async with running_bot(playground, settings, None) as running:  # the real model: the registry's version 1
+        yield running
 
 
 @pytest.fixture
@@ -110,12 +101,6 @@ def worker(bot: BotUnderTest, tmp_path: Path) -> Iterator[subprocess.Popen]:
             process.kill()
 
 
-@pytest.fixture
-async def client(server: PlaygroundServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-        yield http
-
-
 async def ask(bot: BotUnderTest, user: TestUser, data: bytes) -> tuple[dict, Prediction]:
     """Send a photo; the bot's answer and the stored prediction behind it."""
     await user.send_photo(data)
@@ -129,15 +114,6 @@ async def ask(bot: BotUnderTest, user: TestUser, data: bytes) -> tuple[dict, Pre
             row = session.scalars(select(Prediction).where(Prediction.chat_id == user.user_id)
                                   .order_by(Prediction.id.desc())).first()
     return answer, row
-
-
-async def correct_to(user: TestUser, answer: dict, display_name: str) -> dict:
-    """❌ Wrong (or "It is a sneaker"), then pick ``display_name`` from the list; returns the thank-you message."""
-    texts = [item["text"] for row in answer["reply_markup"]["inline_keyboard"] for item in row]
-    await user.press(answer, "Wrong" if any("Wrong" in text for text in texts) else "It is a sneaker")
-    listing = await user.edit()
-    await user.press(listing, display_name)
-    return await user.edit()
 
 
 async def wait_until(predicate, what: str) -> None:  # noqa: ANN001
@@ -164,11 +140,11 @@ async def answered_by(bot: BotUnderTest, user: TestUser, version: int, seed: int
 
 
 async def test_corrections_retrain_promote_hot_swap_and_rollback(
-    bot: BotUnderTest, worker: subprocess.Popen, client: httpx.AsyncClient, base_model: Path
+    bot: BotUnderTest, worker: subprocess.Popen, playground_http: httpx.AsyncClient, base_model: Path
 ) -> None:
     names = display_names(base_model)
     target = weakest_label_for_yellow(base_model)
-    teacher, other, admin = TestUser(client, 1001), TestUser(client, 2002), TestUser(client, ADMIN)
+    teacher, other, admin = (TestUser(playground_http, user_id) for user_id in (1001, 2002, ADMIN))
     fresh = [photo(YELLOW, 5000 + i) for i in range(4)]  # never corrected: only a new model can learn them
 
     before = [(await ask(bot, other, data))[1] for data in fresh]
@@ -178,7 +154,7 @@ async def test_corrections_retrain_promote_hot_swap_and_rollback(
     # Users correct N predictions of yellow photos to the label the model gives them least.
     for i in range(CORRECTIONS):
         answer, _ = await ask(bot, teacher, photo(YELLOW, 100 + i))
-        thanks = await correct_to(teacher, answer, names[target])
+        thanks = await teacher.correct(answer, names[target])
         assert names[target] in thanks["text"]
 
     # The worker's retrain_check sees N corrections, trains, and the registry promotes version 2.
@@ -211,9 +187,9 @@ async def test_corrections_retrain_promote_hot_swap_and_rollback(
 
 
 async def test_a_worse_candidate_is_not_promoted(
-    bot: BotUnderTest, worker: subprocess.Popen, client: httpx.AsyncClient, env: Path
+    bot: BotUnderTest, worker: subprocess.Popen, playground_http: httpx.AsyncClient, env: Path
 ) -> None:
-    admin = TestUser(client, ADMIN)
+    admin = TestUser(playground_http, ADMIN)
     # Someone taught the bot that red sneakers are Air Jordan 4 (blue), many times over.
     with bot.sessions.begin() as session:
         for i in range(30):
@@ -241,16 +217,16 @@ async def test_a_worse_candidate_is_not_promoted(
 
 
 async def test_a_corrected_photo_is_answered_right_next_time(
-    bot: BotUnderTest, client: httpx.AsyncClient, base_model: Path
+    bot: BotUnderTest, playground_http: httpx.AsyncClient, base_model: Path
 ) -> None:
     names = display_names(base_model)
-    user, other, admin = TestUser(client, 1001), TestUser(client, 2002), TestUser(client, ADMIN)
+    user, other, admin = (TestUser(playground_http, user_id) for user_id in (1001, 2002, ADMIN))
     red = photo(COLOURS["air_jordan_1"], 42)
 
     answer, row = await ask(bot, user, red)
     first = row.top[0]["label"]
     wrong = next(label for label in COLOURS if label != first)
-    await correct_to(user, answer, names[wrong])
+    await user.correct(answer, names[wrong])
 
     # The same photo again: answered with the correction at once, for this user only.
     again, row = await ask(bot, user, red)
@@ -263,6 +239,6 @@ async def test_a_corrected_photo_is_answered_right_next_time(
     blue = photo(COLOURS["air_jordan_4"], 43)
     answer, row = await ask(bot, admin, blue)
     fixed = next(label for label in COLOURS if label != row.top[0]["label"])
-    await correct_to(admin, answer, names[fixed])
+    await admin.correct(answer, names[fixed])
     _, row = await ask(bot, other, blue)
     assert row.top[0]["label"] == fixed

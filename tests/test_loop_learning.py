@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.identify import Guess
 from bot.services.learning import GLOBAL, PRIVATE, LearningService, MemoryRules, RefinedPrediction
-from bot.store.db import init_db, session_factory
 from bot.store.models import MemoryEntry
 from ml.memory import l2_normalise
 
@@ -23,17 +21,9 @@ NAMES = {"air_jordan_1": "Air Jordan 1", "air_jordan_3": "Air Jordan 3", "air_jo
 
 
 @pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    """A fresh database, SQLite and PostgreSQL."""
-    engine = init_db(database_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def service(sessions: sessionmaker[Session]) -> LearningService:
+def service(db_sessions: sessionmaker[Session]) -> LearningService:
     return LearningService(
-        sessions,
+        db_sessions,
         MemoryRules(admin_ids=frozenset({ADMIN}), agree_users=3, match_threshold=0.92),
         embed=lambda path: (BACKBONE, np.load(path)),  # photos in these tests are stored embeddings
         current_backbone=lambda: BACKBONE,
@@ -73,29 +63,29 @@ def test_a_users_correction_counts_for_them_at_once_and_for_nobody_else(service:
 
 
 def test_enough_distinct_users_agreeing_make_it_global(
-    service: LearningService, sessions: sessionmaker[Session]
+    service: LearningService, db_sessions: sessionmaker[Session]
 ) -> None:
     photo = _photo(2)
     for user_id in (7, 8):
         service.remember(f"{user_id:040d}", user_id, "air_jordan_4", BACKBONE, photo, is_admin=False)
     service.remember("0" * 39 + "9", 9, "air_jordan_4", BACKBONE, photo * 1.01, is_admin=False)
     # The same user answering twice is still one user.
-    assert _scopes(sessions) == {7: GLOBAL, 8: GLOBAL, 9: GLOBAL}
+    assert _scopes(db_sessions) == {7: GLOBAL, 8: GLOBAL, 9: GLOBAL}
     assert _answer(service, 100, photo) == "air_jordan_4"
 
 
-def test_two_users_are_not_enough(service: LearningService, sessions: sessionmaker[Session]) -> None:
+def test_two_users_are_not_enough(service: LearningService, db_sessions: sessionmaker[Session]) -> None:
     photo = _photo(3)
     for user_id in (7, 8):
         service.remember(f"{user_id:040d}", user_id, "air_jordan_4", BACKBONE, photo, is_admin=False)
     service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
 
-    assert set(_scopes(sessions).values()) == {PRIVATE}
+    assert set(_scopes(db_sessions).values()) == {PRIVATE}
     assert _answer(service, 100, photo) == "air_jordan_1"
 
 
 def test_an_admins_correction_is_global_at_once_and_overrides_users(
-    service: LearningService, sessions: sessionmaker[Session]
+    service: LearningService, db_sessions: sessionmaker[Session]
 ) -> None:
     photo = _photo(4)
     for user_id in (7, 8, 9):
@@ -106,20 +96,20 @@ def test_an_admins_correction_is_global_at_once_and_overrides_users(
 
     assert _answer(service, 100, photo) == "air_jordan_3"
     assert _answer(service, 7, photo) == "air_jordan_4"  # their own answer still counts for them
-    assert _scopes(sessions) == {7: PRIVATE, 8: PRIVATE, 9: PRIVATE, ADMIN: GLOBAL}
+    assert _scopes(db_sessions) == {7: PRIVATE, 8: PRIVATE, 9: PRIVATE, ADMIN: GLOBAL}
 
 
 def test_an_admin_giving_the_same_label_accepts_a_users_answer(
-    service: LearningService, sessions: sessionmaker[Session]
+    service: LearningService, db_sessions: sessionmaker[Session]
 ) -> None:
     photo = _photo(5)
     service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
     service.remember("1" * 40, ADMIN, "air_jordan_4", BACKBONE, photo, is_admin=True)
 
-    assert _scopes(sessions) == {7: GLOBAL, ADMIN: GLOBAL}
+    assert _scopes(db_sessions) == {7: GLOBAL, ADMIN: GLOBAL}
 
 
-def test_the_last_answer_counts(service: LearningService, sessions: sessionmaker[Session]) -> None:
+def test_the_last_answer_counts(service: LearningService, db_sessions: sessionmaker[Session]) -> None:
     photo = _photo(6)
     service.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
     assert _answer(service, 7, photo) == "air_jordan_4"
@@ -127,7 +117,7 @@ def test_the_last_answer_counts(service: LearningService, sessions: sessionmaker
     service.remember("7" * 40, 7, "air_jordan_3", BACKBONE, photo, is_admin=False)
 
     assert _answer(service, 7, photo) == "air_jordan_3"
-    with sessions() as session:
+    with db_sessions() as session:
         assert len(list(session.scalars(select(MemoryEntry)))) == 1
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.registry import BadModelDir, ModelRegistry, HeldOutImage, UnknownVersion, predictor_evaluator
-from bot.store.db import init_db, session_factory
 from loop_support import COLOURS, photo, shared_model
 
 pytestmark = pytest.mark.slow
@@ -42,15 +40,8 @@ def test_set(tmp_path_factory: pytest.TempPathFactory) -> list[HeldOutImage]:
 
 
 @pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = init_db(database_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def registry(sessions: sessionmaker[Session], tmp_path: Path, good_model: Path) -> ModelRegistry:
-    registry = ModelRegistry(sessions, tmp_path / "models")
+def registry(db_sessions: sessionmaker[Session], tmp_path: Path, good_model: Path) -> ModelRegistry:
+    registry = ModelRegistry(db_sessions, tmp_path / "models")
     assert registry.install_starter(good_model).version == 1
     return registry
 
@@ -109,11 +100,11 @@ def test_a_candidate_not_worse_is_promoted_and_rollback_works(
 
 
 def test_a_class_the_candidate_adds_is_not_held_against_the_current_model(
-    sessions: sessionmaker[Session], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+    db_sessions: sessionmaker[Session], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
     good_model: Path, test_set: list[HeldOutImage],
 ) -> None:
     two_classes = shared_model(tmp_path_factory, "two", labels=["air_jordan_1", "air_jordan_3"])
-    registry = ModelRegistry(sessions, tmp_path / "models")
+    registry = ModelRegistry(db_sessions, tmp_path / "models")
     registry.install_starter(two_classes)
     registry.register(good_model, data_snapshot={})  # knows air_jordan_4 as well
 

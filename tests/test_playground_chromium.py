@@ -15,9 +15,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
 from bot.playground import PlaygroundServer
-from bot.services.models import ServedModel
 from bot.store.models import Feedback
-from bot_harness import RED, TOKEN, ColourIdentifier, bot_settings, jpeg_bytes, start_bot_on, stop
+from bot_harness import RED, bot_settings, colour_model, jpeg_bytes, running_bot
 
 pytestmark = pytest.mark.chromium
 CHROMIUM = os.environ.get("SNEAKERBOT_TEST_CHROMIUM") or "/usr/bin/chromium"
@@ -59,18 +58,12 @@ def use_page(url: str, photo: Path) -> dict[str, str]:
         driver.quit()
 
 
-async def test_web_page_photo_answer_button_edit(tmp_path: Path) -> None:
-    server = PlaygroundServer(TOKEN)
-    await server.start()
-    bot = await start_bot_on(server, bot_settings(tmp_path, f"sqlite:///{tmp_path / 'web.db'}"),
-                             ServedModel(1, ColourIdentifier()))
+async def test_web_page_photo_answer_button_edit(playground: PlaygroundServer, tmp_path: Path) -> None:
     photo = tmp_path / "red-sneaker.jpg"
     photo.write_bytes(jpeg_bytes(RED, (640, 480), noise=5))
-    try:
-        seen = await asyncio.to_thread(use_page, f"{server.url}/", photo)
-    finally:
-        await stop(bot)
-        await server.stop()
+    settings = bot_settings(tmp_path, f"sqlite:///{tmp_path / 'web.db'}")
+    async with running_bot(playground, settings, colour_model()) as bot:
+        seen = await asyncio.to_thread(use_page, f"{playground.url}/", photo)
     assert "Air Jordan 11 — 87%" in seen["answer"]
     assert int(seen["photo_width"]) > 0
     assert "Confirmed: Air Jordan 11" in seen["edited"] and "edited" in seen["edited"]

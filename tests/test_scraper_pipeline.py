@@ -24,7 +24,9 @@ from scraper.fetch import FetchSettings
 from scraper.images import phash_distance
 from scraper.pipeline import ImageRecord, KnownImage, Pipeline, ScrapeConfig
 from scraper.sinks import MemorySink
-from scraper.sources.base import SourceSettings
+from scraper.errors import SourceError
+from scraper.sources import create_source
+from scraper.sources.base import SearchResult, SourceSettings
 from scraper.sources.bing import BingSource
 from scraper_support import (
     FIXTURES,
@@ -366,3 +368,40 @@ def test_bing_source_pages_with_first_until_enough(server: LocalServer) -> None:
     assert [item.url for item in result.items] == [f"https://img.example.com/{n}.jpg" for n in range(80)]
     firsts = [parse_qs(urlsplit(r).query)["first"][0] for r in server.requests if r.startswith("/paged/")]
     assert firsts == ["1", "36", "71"]
+
+
+@pytest.mark.parametrize("name", ["bing", "google"])
+def test_http_sources_stop_at_nothing_new_report_blocks_and_raise_on_errors(server: LocalServer, name: str) -> None:
+    """The paging rules ``PagedHttpSource`` gives both plain HTTP engines."""
+    urls = [f"https://img.example.com/{n}.jpg" for n in range(3)]
+    page = bing_page(urls) if name == "bing" else google_page(urls)
+    refusal = "<html><div id='b_captcha'>verify you are a human</div></html>"
+    answers: dict[str, list[tuple[int, str]]] = {
+        "same": [(200, page), (200, page), (200, page)],  # page 2 adds nothing: stop there
+        "blocked": [(200, page), (429, refusal)],  # refused after page 1: keep what came before
+        "broken": [(500, "<html>oops</html>")],
+    }
+
+    def scripted(req, _srv) -> None:  # noqa: ANN001
+        path = urlsplit(req.path).path  # /scripted/<script>/search
+        calls = sum(r.startswith(path) for r in server.requests)  # this request included
+        status, body = answers[path.split("/")[2]][calls - 1]
+        send(req, status, body.encode(), "text/html")
+
+    def search(script: str) -> SearchResult:
+        server.add_handler(f"/scripted/{script}/search", scripted)
+        source = create_source(name, SourceSettings(bing_url=server.url(f"/scripted/{script}/search"),
+                                                    google_url=server.url(f"/scripted/{script}/search"), timeout_s=5))
+        try:
+            return source.search("air jordan 11", 100)
+        finally:
+            source.close()
+
+    server.requests.clear()
+    same = search("same")
+    assert not same.blocked and [i.url for i in same.items] == urls
+    assert sum(r.startswith("/scripted/same/") for r in server.requests) == 2
+    blocked = search("blocked")
+    assert blocked.blocked and [i.url for i in blocked.items] == urls
+    with pytest.raises(SourceError, match="HTTP 500"):
+        search("broken")

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 ADMIN_KEY = "admin"
 Handler = Callable[[Update, BotContext], Awaitable[None]]
+View = TypeVar("View")
+
+
+class UsageError(Exception):
+    """Malformed command arguments; the message is the usage line the admin gets back."""
 
 
 def admin_service(context: BotContext) -> AdminService:
@@ -31,7 +37,10 @@ def admin_service(context: BotContext) -> AdminService:
 
 
 def admin_only(handler: Handler) -> Handler:
-    """Run ``handler`` for admins; tell everyone else "not allowed" and log it."""
+    """Run ``handler`` for admins; tell everyone else "not allowed" and log it.
+
+    What the admin can fix (bad arguments, refused actions) is answered with the error's message.
+    """
 
     @functools.wraps(handler)
     async def guarded(update: Update, context: BotContext) -> None:
@@ -47,7 +56,7 @@ def admin_only(handler: Handler) -> Handler:
             return
         try:
             await handler(update, context)
-        except (AdminError, RegistryError) as exc:
+        except (AdminError, RegistryError, UsageError) as exc:
             await update.effective_message.reply_text(str(exc))
 
     return guarded
@@ -57,11 +66,25 @@ async def _reply(update: Update, text: str) -> None:
     await update.effective_message.reply_text(text)
 
 
+async def _reply_with(update: Update, fetch: Callable[[], View], render: Callable[[View], str]) -> View:
+    """Run a service query off the event loop and reply with its rendering; returns the view for follow-ups."""
+    view = await asyncio.to_thread(fetch)
+    await _reply(update, render(view))
+    return view
+
+
+def _arguments(context: BotContext, command: str, usage: str, fits: Callable[[list[str]], bool]) -> list[str]:
+    """The command's arguments if ``fits`` accepts them; otherwise ``UsageError`` with the usage line."""
+    args = context.args or []
+    if not fits(args):
+        raise UsageError(render_admin.usage(command, usage))
+    return args
+
+
 @admin_only
 async def status(update: Update, context: BotContext) -> None:
     """/status: model version and metrics, data counts, pending corrections, jobs."""
-    view = await asyncio.to_thread(admin_service(context).status)
-    await _reply(update, render_admin.status(view))
+    await _reply_with(update, admin_service(context).status, render_admin.status)
 
 
 @admin_only
@@ -74,10 +97,8 @@ async def retrain(update: Update, context: BotContext) -> None:
 @admin_only
 async def scrape(update: Update, context: BotContext) -> None:
     """/scrape <label> [n]: queue a scrape of one class."""
-    args = context.args or []
-    if not 1 <= len(args) <= 2 or (len(args) == 2 and not args[1].isdigit()):
-        await _reply(update, render_admin.usage("scrape", "<label> [number of images]"))
-        return
+    args = _arguments(context, "scrape", "<label> [number of images]",
+                      lambda a: len(a) == 1 or (len(a) == 2 and a[1].isdigit()))
     count = int(args[1]) if len(args) == 2 else DEFAULT_SCRAPE
     await asyncio.to_thread(admin_service(context).request_scrape, args[0], count, update.effective_chat.id)
     await _reply(update, render_admin.job_requested(f"a scrape of {args[0]} ({count} images)"))
@@ -86,10 +107,7 @@ async def scrape(update: Update, context: BotContext) -> None:
 @admin_only
 async def addclass(update: Update, context: BotContext) -> None:
     """/addclass <label> <display name>: add a class, scrape it, then retrain."""
-    args = context.args or []
-    if len(args) < 2:
-        await _reply(update, render_admin.usage("addclass", "<label> <display name>"))
-        return
+    args = _arguments(context, "addclass", "<label> <display name>", lambda a: len(a) >= 2)
     label, name = args[0], " ".join(args[1:])
     await asyncio.to_thread(admin_service(context).add_class, label, name, update.effective_chat.id)
     await _reply(update, render_admin.job_requested(f"adding {name} ({label}): a scrape, then a retrain"))
@@ -98,15 +116,14 @@ async def addclass(update: Update, context: BotContext) -> None:
 @admin_only
 async def classes(update: Update, context: BotContext) -> None:
     """/classes: the catalogue and what the model knows."""
-    rows = await asyncio.to_thread(admin_service(context).classes)
-    await _reply(update, render_admin.classes(rows))
+    await _reply_with(update, admin_service(context).classes, render_admin.classes)
 
 
 @admin_only
 async def suggestions(update: Update, context: BotContext) -> None:
     """/suggestions: one message per pending name, with accept / reject buttons."""
-    pending = await asyncio.to_thread(admin_service(context).pending_suggestions)
-    await _reply(update, render_admin.suggestions_header(len(pending)))
+    pending = await _reply_with(update, admin_service(context).pending_suggestions,
+                                lambda items: render_admin.suggestions_header(len(items)))
     for item in pending:
         await update.effective_message.reply_text(
             render_admin.suggestion(item.text, item.user_id, item.count),
@@ -137,10 +154,7 @@ async def on_suggestion_button(update: Update, context: BotContext) -> None:
 @admin_only
 async def rollback(update: Update, context: BotContext) -> None:
     """/rollback <version>: serve an earlier model (every bot process within seconds)."""
-    args = context.args or []
-    if len(args) != 1 or not args[0].isdigit():
-        await _reply(update, render_admin.usage("rollback", "<version>"))
-        return
+    args = _arguments(context, "rollback", "<version>", lambda a: len(a) == 1 and a[0].isdigit())
     info = await asyncio.to_thread(admin_service(context).rollback, int(args[0]))
     await _reply(update, render_admin.rolled_back(info.version))
 
@@ -148,8 +162,7 @@ async def rollback(update: Update, context: BotContext) -> None:
 @admin_only
 async def stats(update: Update, context: BotContext) -> None:
     """/stats: accuracy from feedback per class, confused pairs and a confusion-matrix image."""
-    view = await asyncio.to_thread(admin_service(context).stats)
-    await _reply(update, render_admin.stats(view))
+    view = await _reply_with(update, admin_service(context).stats, render_admin.stats)
     if view.pairs:
         png = await asyncio.to_thread(confusion_png, view.pairs)
         await update.effective_message.reply_photo(png, caption=render_admin.STATS_CAPTION)

@@ -22,13 +22,16 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.errors import PhotoRejected
-from ml.errors import BadImage, CorruptImage, ImageTooLarge, ImageTooSmall, NotAnImage
-from bot.services.models import ModelHolder, PredictionLike
-from bot.store.models import Prediction
+from bot.services.models import ModelHolder, PredictionLike, input_side
 from bot.store.repositories import PredictionRepository, UserRepository
+from ml.errors import BadImage, CorruptImage, ImageTooLarge, ImageTooSmall, NotAnImage
+from ml.predictor import Guess  # one guess as the bot shows it (the model's own type)
+
+__all__ = ["Guess", "IdentifyResult", "IdentifyService", "PhotoRequest", "Refiner", "rejection_reason"]
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-Decoder = Callable[[bytes], Any]  # bytes -> RGB PIL image, raising ml.errors.BadImage
+# bytes (+ the smallest side the model needs, None when unknown) -> RGB PIL image, raising ml.errors.BadImage
+Decoder = Callable[[bytes, "int | None"], Any]
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,6 @@ class PhotoRequest:
     chat_id: int
     message_id: int
     username: str | None = None
-
-
-@dataclass(frozen=True)
-class Guess:
-    """One guess as the bot shows it."""
-
-    label: str
-    display_name: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -94,6 +88,7 @@ class IdentifyService:
         self.admin_ids = admin_ids
         self.top_k = top_k
         self.refiners: list[Refiner] = []
+        self._ensured_users: set[tuple[int, str | None, bool]] = set()  # (id, username, admin) stored
         self.executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="identify")
 
     async def run(self, request: PhotoRequest) -> IdentifyResult:
@@ -104,13 +99,13 @@ class IdentifyService:
         """The whole pipeline for one photo; raises ``PhotoRejected`` for unusable files."""
         started = time.perf_counter()
         sha1 = hashlib.sha1(request.data).hexdigest()
-        try:
-            image = self.decode(request.data)
+        served = self.models.current()
+        try:  # decoded once, at the scale the model needs; the bytes are what is kept
+            image = self.decode(request.data, input_side(served.identifier))
         except BadImage as exc:
             raise PhotoRejected(rejection_reason(exc)) from exc
         except (OSError, ValueError, SyntaxError) as exc:  # a decoder error the ml boundary let through
             raise PhotoRejected("corrupt") from exc
-        served = self.models.current()
         prediction = served.identifier.predict([image], k=self.top_k)[0]
         for refiner in self.refiners:
             prediction = refiner.refine(request.user_id, sha1, prediction)
@@ -139,23 +134,24 @@ class IdentifyService:
 
     def store(self, request: PhotoRequest, sha1: str, pending: Path, version: int | None, verdict: str,
               guesses: list[Guess], latency_ms: float) -> int:
-        """One prediction row (and the user on first sight), committed."""
+        """One prediction row (and the user on first sight), committed in one transaction."""
+        is_admin = request.user_id in self.admin_ids
+        user_key = (request.user_id, request.username, is_admin)
         with self.sessions.begin() as session:
-            UserRepository(session).ensure(request.user_id, username=request.username,
-                                           is_admin=request.user_id in self.admin_ids)
-            row = PredictionRepository(session).add(Prediction(
+            if user_key not in self._ensured_users:  # users are never deleted: once per process is enough
+                UserRepository(session).ensure(request.user_id, username=request.username, is_admin=is_admin)
+            prediction_id = PredictionRepository(session).insert(
                 user_id=request.user_id, chat_id=request.chat_id, message_id=request.message_id,
                 image_sha1=sha1, pending_path=str(pending), model_version=version, verdict=verdict,
                 top=[{"label": g.label, "score": round(g.score, 6)} for g in guesses],
-                latency_ms=round(latency_ms, 2)))
-            return row.id
+                latency_ms=round(latency_ms, 2))
+        self._ensured_users.add(user_key)
+        return prediction_id
 
     def attach_reply(self, prediction_id: int, reply_message_id: int) -> None:
-        """Remember which bot message shows this prediction."""
+        """Remember which bot message shows this prediction (one UPDATE)."""
         with self.sessions.begin() as session:
-            row = PredictionRepository(session).get(prediction_id)
-            if row is not None:
-                row.reply_message_id = reply_message_id
+            PredictionRepository(session).set_reply(prediction_id, reply_message_id)
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -8,6 +8,7 @@ version changes, ``ModelHolder.swap`` serves the new model without a restart.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -61,6 +62,19 @@ class ServedModel:
 
     version: int | None
     identifier: Identifier
+
+
+def input_side(identifier: object) -> int | None:
+    """The smallest image side the model's preprocessing resizes from (its resize target), or None.
+
+    Decoding need not produce more pixels than this; models without ``info.preprocessing``
+    (size and crop fraction, as ``ml.predictor.Predictor`` has) get the full image.
+    """
+    prep = getattr(getattr(identifier, "info", None), "preprocessing", None)
+    size, crop = getattr(prep, "size", None), getattr(prep, "crop_pct", None) or 1.0
+    if not isinstance(size, int) or not isinstance(crop, (int, float)) or size <= 0 or crop <= 0:
+        return None
+    return math.ceil(size / crop) + 1  # one spare pixel against the resize's rounding
 
 
 def natural_key(text: str) -> list[object]:
@@ -122,4 +136,17 @@ def load_served_model(sessions: sessionmaker[Session], *, starter_dir: Path, mod
     if current is None:
         raise ModelUnavailable("the model registry has versions but none is current")
     predictor = Predictor.load(current.path, backend=backend, threads=threads, thresholds=thresholds)
+    if backend == "onnx":  # the torch backend sets its own threads from ``threads``
+        _single_threaded_torch()
     return ServedModel(current.version, predictor)
+
+
+def _single_threaded_torch() -> None:
+    """Preprocessing runs torch ops on one small image per call, from several identify threads at once.
+
+    A torch thread pool only adds synchronisation there (its workers spin-wait for the next op,
+    which on a busy machine costs more CPU than the op); the identify pool is the parallelism.
+    """
+    import torch
+
+    torch.set_num_threads(1)

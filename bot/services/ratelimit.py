@@ -23,9 +23,5 @@ class RateLimiter:
         if self.per_minute <= 0:
             return True
         now = datetime.now(timezone.utc)
-        with self.sessions.begin() as session:
-            events = RateEventRepository(session)
-            if events.count_since(user_id, now - WINDOW) >= self.per_minute:
-                return False
-            events.add(user_id, now)
-            return True
+        with self.sessions.begin() as session:  # check and count in one statement: one round trip
+            return RateEventRepository(session).add_if_fewer_than(self.per_minute, user_id, now, since=now - WINDOW)

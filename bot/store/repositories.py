@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,9 +54,20 @@ class PredictionRepository:
         self.session.flush()
         return prediction
 
+    def insert(self, **values: object) -> int:
+        """Insert one row with a single statement (no ORM object to flush) and return its id."""
+        result = self.session.execute(insert(Prediction).values(**values))
+        return int(result.inserted_primary_key[0])
+
     def get(self, prediction_id: int) -> Prediction | None:
         """The prediction, or None."""
         return self.session.get(Prediction, prediction_id)
+
+    def set_reply(self, prediction_id: int, reply_message_id: int) -> None:
+        """Record the bot's answer message, without loading the row first."""
+        self.session.execute(
+            update(Prediction).where(Prediction.id == prediction_id).values(reply_message_id=reply_message_id)
+        )
 
     def with_pending_photo_before(self, before: datetime) -> list[Prediction]:
         """Predictions older than ``before`` whose photo still waits in the pending folder."""
@@ -171,6 +182,19 @@ class RateEventRepository:
     def add(self, user_id: int, at: datetime) -> None:
         """Record one photo."""
         self.session.add(RateEvent(user_id=user_id, created_at=at))
+
+    def add_if_fewer_than(self, limit: int, user_id: int, at: datetime, *, since: datetime) -> bool:
+        """Record one photo unless the user already has ``limit`` since ``since``: one statement,
+        ``INSERT ... SELECT ... WHERE (count) < limit``. True when it was recorded."""
+        columns = RateEvent.__table__.c
+        recent = (
+            select(func.count()).select_from(RateEvent)
+            .where(RateEvent.user_id == user_id, RateEvent.created_at >= since)
+            .scalar_subquery()
+        )
+        row = select(literal(user_id, columns.user_id.type), literal(at, columns.created_at.type)).where(recent < limit)
+        added = insert(RateEvent).from_select(["user_id", "created_at"], row).returning(RateEvent.id)
+        return self.session.execute(added).first() is not None
 
     def purge_before(self, before: datetime) -> int:
         """Forget events older than ``before``."""

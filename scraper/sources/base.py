@@ -8,6 +8,7 @@ the order and the fallback are configuration, not code.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -141,6 +142,57 @@ def get_page(session: requests.Session, url: str, params: dict[str, str | int], 
         return session.get(url, params=params, timeout=(min(timeout_s, 10.0), timeout_s))
     except requests.RequestException as exc:
         raise SourceError(f"{url}: {short_error(exc)}") from exc
+
+
+class PagedHttpSource(ABC):
+    """A search engine read over plain HTTP, one results page after another.
+
+    Each engine says where its results are, how to ask for page ``n``, how a refusal
+    looks and how to parse a page; when to stop is the same for all: at ``max_items``
+    URLs, at a page that adds nothing new, or after ``max_pages``.
+    """
+
+    name: str
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self._settings = settings
+        self._session = new_session(settings.user_agent)
+
+    def search(self, query: str, max_items: int) -> SearchResult:
+        """Collect up to ``max_items`` URLs; a refused page ends the search as ``blocked`` with what came before."""
+        collected: list[ImageItem] = []
+        for page in range(self._settings.max_pages):
+            params = self._page_params(query, page)
+            response = get_page(self._session, self._results_url(), params, self._settings.timeout_s)
+            if self._is_blocked(response):
+                return SearchResult(collected, blocked=True, detail=f"HTTP {response.status_code} {response.url}")
+            if response.status_code >= 400:
+                raise SourceError(f"HTTP {response.status_code} from {response.url}")
+            before = len(collected)
+            collected = dedupe_items([*collected, *self._parse(response)])
+            if len(collected) >= max_items or len(collected) == before:
+                break
+        return SearchResult(collected[:max_items])
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._session.close()
+
+    @abstractmethod
+    def _results_url(self) -> str:
+        """The engine's results page, from the settings."""
+
+    @abstractmethod
+    def _page_params(self, query: str, page: int) -> dict[str, str | int]:
+        """Query parameters for results page ``page`` (0-based) of ``query``."""
+
+    @abstractmethod
+    def _is_blocked(self, response: requests.Response) -> bool:
+        """True when the engine answered with a CAPTCHA or a wall instead of results."""
+
+    @abstractmethod
+    def _parse(self, response: requests.Response) -> list[ImageItem]:
+        """The page's items, by the module's pure ``parse``."""
 
 
 def short_error(exc: BaseException) -> str:

@@ -11,19 +11,10 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlparse
 
+import requests
 from bs4 import BeautifulSoup
 
-from scraper.errors import SourceError
-from scraper.sources.base import (
-    ImageItem,
-    SearchResult,
-    SourceSettings,
-    dedupe_items,
-    get_page,
-    is_http_url,
-    new_session,
-    register_source,
-)
+from scraper.sources.base import ImageItem, PagedHttpSource, dedupe_items, is_http_url, register_source
 
 PAGE_SIZE = 35
 _BLOCK_MARKERS = ("b_captcha", "/challenge/", "captcha-container", "verify you are a human")
@@ -71,31 +62,19 @@ def _items_from_mediaurl_links(soup: BeautifulSoup) -> list[ImageItem]:
 
 
 @register_source("bing")
-class BingSource:
-    """Pages through ``bing_url`` with ``first=`` until enough items or no new ones."""
+class BingSource(PagedHttpSource):
+    """Pages through ``bing_url`` with ``first=``."""
 
     name = "bing"
 
-    def __init__(self, settings: SourceSettings) -> None:
-        self._settings = settings
-        self._session = new_session(settings.user_agent)
+    def _results_url(self) -> str:
+        return self._settings.bing_url
 
-    def search(self, query: str, max_items: int) -> SearchResult:
-        """Collect up to ``max_items`` URLs; a blocked first page reports ``blocked``."""
-        collected: list[ImageItem] = []
-        for page in range(self._settings.max_pages):
-            params: dict[str, str | int] = {"q": query, "first": 1 + page * PAGE_SIZE, "count": PAGE_SIZE}
-            response = get_page(self._session, self._settings.bing_url, params, self._settings.timeout_s)
-            if is_blocked(response.content, response.status_code):
-                return SearchResult(collected, blocked=True, detail=f"HTTP {response.status_code} {response.url}")
-            if response.status_code >= 400:
-                raise SourceError(f"HTTP {response.status_code} from {response.url}")
-            before = len(collected)
-            collected = dedupe_items([*collected, *parse(response.content)])
-            if len(collected) >= max_items or len(collected) == before:
-                break
-        return SearchResult(collected[:max_items])
+    def _page_params(self, query: str, page: int) -> dict[str, str | int]:
+        return {"q": query, "first": 1 + page * PAGE_SIZE, "count": PAGE_SIZE}
 
-    def close(self) -> None:
-        """Close the HTTP session."""
-        self._session.close()
+    def _is_blocked(self, response: requests.Response) -> bool:
+        return is_blocked(response.content, response.status_code)
+
+    def _parse(self, response: requests.Response) -> list[ImageItem]:
+        return parse(response.content)

@@ -18,19 +18,10 @@ import json
 import re
 from urllib.parse import parse_qs, urljoin, urlparse
 
+import requests
 from bs4 import BeautifulSoup
 
-from scraper.errors import SourceError
-from scraper.sources.base import (
-    ImageItem,
-    SearchResult,
-    SourceSettings,
-    dedupe_items,
-    get_page,
-    is_http_url,
-    new_session,
-    register_source,
-)
+from scraper.sources.base import ImageItem, PagedHttpSource, dedupe_items, is_http_url, register_source
 
 PAGE_SIZE = 100
 # ["https://host/path.jpg",600,800] inside AF_initDataCallback / JSON blobs.
@@ -122,31 +113,19 @@ def _is_google_host(url: str) -> bool:
 
 
 @register_source("google")
-class GoogleSource:
+class GoogleSource(PagedHttpSource):
     """One plain HTTP request per page to ``google_url`` with ``tbm=isch``."""
 
     name = "google"
 
-    def __init__(self, settings: SourceSettings) -> None:
-        self._settings = settings
-        self._session = new_session(settings.user_agent)
+    def _results_url(self) -> str:
+        return self._settings.google_url
 
-    def search(self, query: str, max_items: int) -> SearchResult:
-        """Collect up to ``max_items`` URLs, or report ``blocked``."""
-        collected: list[ImageItem] = []
-        for page in range(self._settings.max_pages):
-            params: dict[str, str | int] = {"q": query, "tbm": "isch", "udm": 2, "ijn": page, "start": page * PAGE_SIZE}
-            response = get_page(self._session, self._settings.google_url, params, self._settings.timeout_s)
-            if is_blocked(response.content, response.url, response.status_code):
-                return SearchResult(collected, blocked=True, detail=f"HTTP {response.status_code} {response.url}")
-            if response.status_code >= 400:
-                raise SourceError(f"HTTP {response.status_code} from {response.url}")
-            before = len(collected)
-            collected = dedupe_items([*collected, *parse(response.content, response.url)])
-            if len(collected) >= max_items or len(collected) == before:
-                break
-        return SearchResult(collected[:max_items])
+    def _page_params(self, query: str, page: int) -> dict[str, str | int]:
+        return {"q": query, "tbm": "isch", "udm": 2, "ijn": page, "start": page * PAGE_SIZE}
 
-    def close(self) -> None:
-        """Close the HTTP session."""
-        self._session.close()
+    def _is_blocked(self, response: requests.Response) -> bool:
+        return is_blocked(response.content, response.url, response.status_code)
+
+    def _parse(self, response: requests.Response) -> list[ImageItem]:
+        return parse(response.content, response.url)
