@@ -45,7 +45,10 @@ def confidence_threshold(probs: np.ndarray, y: np.ndarray, target: float) -> tup
     correct = probs.argmax(1) == y
     order = np.argsort(-conf)
     cum_precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero(cum_precision >= target)
+    sorted_conf = conf[order]
+    # a threshold keeps every tie of its value: only cut where the confidence changes
+    group_end = np.append(sorted_conf[:-1] > sorted_conf[1:], True)
+    ok = np.flatnonzero((cum_precision >= target) & group_end)
     if not len(ok):
         return float(conf.max()), None, 0.0
     # the largest prefix (lowest threshold) whose precision still meets the target

@@ -24,7 +24,9 @@ SB=".venv/bin/sneakerbot"
 THREADS="${THREADS:-2}"
 mkdir -p var
 
-if [ -f "$RUN/checkpoints/last.pt" ]; then
+if [ -f "$RUN/model.json" ] && [ "$RUN/model.json" -nt "$RUN/checkpoints/last.pt" ]; then
+    echo "$RUN is finished: shipping it"
+elif [ -f "$RUN/checkpoints/last.pt" ]; then
     echo "resuming $RUN"
     "$SB" train "$DATA" --mode finetune --out "$RUN" --resume --threads "$THREADS" --no-progress
 else
@@ -40,7 +42,7 @@ rm -rf "$OUT.new"
 mkdir -p "$OUT.new"
 cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/
 for optional in backbone.pt model.onnx audit.csv; do
-    [ -f "$RUN/$optional" ] && cp "$RUN/$optional" "$OUT.new"/
+    if [ -f "$RUN/$optional" ]; then cp "$RUN/$optional" "$OUT.new"/; fi
 done
 cat >> "$OUT.new/README.md" <<'MD'
 ## How to rebuild

@@ -63,6 +63,7 @@ class PlaygroundState:
     users: dict[int, JSON] = field(default_factory=dict)
     events: list[JSON] = field(default_factory=list)
     files: dict[str, StoredFile] = field(default_factory=dict)
+    files_by_path: dict[str, StoredFile] = field(default_factory=dict)  # what /file/ downloads look up
     callbacks: dict[str, JSON] = field(default_factory=dict)
     commands: list[JSON] = field(default_factory=list)
     floods: dict[str, list[int]] = field(default_factory=dict)
@@ -135,11 +136,12 @@ class PlaygroundState:
         unique = hashlib.sha1(data).hexdigest()[:16]
         stored = StoredFile(file_id, unique, f"{folder}/file_{file_id}{suffix}", data, mime_type)
         self.files[file_id] = stored
+        self.files_by_path[stored.file_path] = stored
         return stored
 
     def file_by_path(self, file_path: str) -> StoredFile | None:
         """The file a download URL names."""
-        return next((f for f in self.files.values() if f.file_path == file_path), None)
+        return self.files_by_path.get(file_path)
 
     def take_flood(self, method: str) -> int | None:
         """A pending injected 429 for ``method`` (its retry_after), if any."""

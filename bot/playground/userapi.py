@@ -80,7 +80,7 @@ def _scaled_jpeg(data: bytes, side: int) -> tuple[bytes, int, int]:
         scale = side / max(image.size)
         image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image = image.convert("RGB")
-    image.thumbnail((side, side))
+    image.thumbnail((side, side), Image.Resampling.BILINEAR)  # antialiased, and cheaper than bicubic
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=87)
     return buffer.getvalue(), image.width, image.height

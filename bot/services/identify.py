@@ -31,7 +31,7 @@ __all__ = ["Guess", "IdentifyResult", "IdentifyService", "PhotoRequest", "Refine
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # bytes (+ the smallest side the model needs, None when unknown) -> RGB PIL image, raising ml.errors.BadImage
-Decoder = Callable[[bytes, "int | None"], Any]
+Decoder = Callable[[bytes, int | None], Any]
 
 
 @dataclass(frozen=True)
