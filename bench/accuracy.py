@@ -31,8 +31,8 @@ CLASS_SETS = {
 }
 
 
-def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2) -> dict:
-    """Figures for one model directory on its own test split."""
+def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bool = False) -> dict:
+    """Figures for one model directory on its own test split (``tta``: average with the mirrored image)."""
     from ml.data import index_dataset, split_dataset
     from ml.evaluate import topk_hits
     from ml.predictor import Predictor
@@ -45,10 +45,18 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2) -> dict
     labels = predictor.labels
     test = frame[(frame["split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
     probs, _ = predictor.predict_arrays(list(test["path"]), batch_size=32)
+    if tta:
+        from PIL import ImageOps
+
+        from ml.images import open_image
+
+        mirrored = [ImageOps.mirror(open_image(Path(p))) for p in test["path"]]
+        probs = (probs + predictor.predict_arrays(mirrored, batch_size=32)[0]) / 2
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[label] for label in test["label"]])
     out = {"model": str(model_dir), "backbone": predictor.info.backbone,
-           "mode": cfg.get("mode"), "image_size": predictor.info.preprocessing.size, "sets": {}}
+           "mode": cfg.get("mode") + ("+flipTTA" if tta else ""), "image_size": predictor.info.preprocessing.size,
+           "sets": {}}
     for name, members in CLASS_SETS.items():
         members = [m for m in (members or labels) if m in index]
         if not members:
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-heads", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tta", action="store_true", help="also report flip test-time augmentation (2x the cost)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"dataset not found: {args.data}")
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         models = [ROOT / "models" / "starter"]
         models += sorted(p for p in (ROOT / "var" / "bench").glob("*") if (p / "model.json").is_file())
     results = [evaluate_model(m, args.data, threads=args.threads) for m in models]
+    if args.tta:
+        results += [evaluate_model(m, args.data, threads=args.threads, tta=True) for m in models]
     print(json.dumps(results, indent=1) if args.json else format_rows(results))
     return 0
 

@@ -31,7 +31,6 @@ import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np

@@ -229,7 +229,7 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     state = None
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
-        cfg = TrainConfig(**state["config"])
+        cfg = TrainConfig(**{**state["config"], "out_dir": str(out)})  # the run may have been moved
         if epochs and epochs != cfg.epochs:
             log.info("resume: planned epochs %d -> %d", cfg.epochs, epochs)
             cfg.epochs = epochs

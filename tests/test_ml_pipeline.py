@@ -139,10 +139,16 @@ def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_starter_model_says_not_sneaker_for_cat_cup_astronaut(sample_photos: Path, tmp_path: Path,
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SNEAKERBOT_DATA_DIR for CLI runs: the starter's ONNX build is cached here once per module."""
+    return tmp_path_factory.mktemp("sneakerbot-data")
+
+
+def test_starter_model_says_not_sneaker_for_cat_cup_astronaut(sample_photos: Path, data_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(tmp_path))  # the ONNX build cache goes here
+    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(data_dir))  # the ONNX build cache goes here
     code = cli_main(["predict", str(sample_photos), "--model", str(STARTER), "--json"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -155,9 +161,9 @@ def test_starter_model_says_not_sneaker_for_cat_cup_astronaut(sample_photos: Pat
         assert len(row["top"]) == 3 and {"label", "score"} <= set(row["top"][0])
 
 
-def test_predict_table_output(sample_photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_predict_table_output(sample_photos: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SNEAKERBOT_DATA_DIR", str(data_dir))
     cli_main(["predict", str(sample_photos / "coffee.png"), "--model", str(STARTER)])
     out = capsys.readouterr().out
     assert "coffee.png" in out and "not_sneaker" in out

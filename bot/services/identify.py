@@ -30,6 +30,7 @@ from ml.predictor import Guess  # one guess as the bot shows it (the model's own
 __all__ = ["Guess", "IdentifyResult", "IdentifyService", "PhotoRequest", "Refiner", "rejection_reason"]
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_REMEMBERED_USERS = 100_000  # users whose row is known to be stored (skips a SELECT per photo)
 # bytes (+ the smallest side the model needs, None when unknown) -> RGB PIL image, raising ml.errors.BadImage
 Decoder = Callable[[bytes, int | None], Any]
 
@@ -145,6 +146,8 @@ class IdentifyService:
                 image_sha1=sha1, pending_path=str(pending), model_version=version, verdict=verdict,
                 top=[{"label": g.label, "score": round(g.score, 6)} for g in guesses],
                 latency_ms=round(latency_ms, 2))
+        if len(self._ensured_users) >= MAX_REMEMBERED_USERS:  # a bound on memory, not on correctness
+            self._ensured_users.clear()
         self._ensured_users.add(user_key)
         return prediction_id
 
