@@ -235,3 +235,18 @@ async def test_forged_and_foreign_presses_change_nothing(bot: BotUnderTest, user
     # The owner's own press still works afterwards.
     await user.confirm(answer)
     assert feedback_of(bot, pid) == [("correct", "air_jordan_11")]
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+async def test_each_bot_api_transport_carries_a_whole_exchange(
+    transport: str, playground: PlaygroundServer, tmp_path: Path, database_url: str, user: TestUser
+) -> None:
+    """Both HTTP backends (``SNEAKERBOT_TELEGRAM_HTTP``): upload-free calls, a file download, a reply, a button."""
+    settings = bot_settings(tmp_path, database_url, telegram_http=transport)
+    async with running_bot(playground, settings, colour_model()) as running:
+        await user.send_photo(jpeg_bytes(RED, noise=11))
+        answer = await user.reply()
+        assert "Air Jordan 11" in answer["text"]
+        edited = await user.confirm(answer)
+        assert "Air Jordan 11" in edited["text"]
+        assert feedback_of(running, prediction_id_of(answer)) == [("correct", "air_jordan_11")]
