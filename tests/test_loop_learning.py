@@ -121,6 +121,16 @@ def test_the_last_answer_counts(service: LearningService, db_sessions: sessionma
         assert len(list(session.scalars(select(MemoryEntry)))) == 1
 
 
+def test_not_listed_after_a_correction_withdraws_it(service: LearningService) -> None:
+    photo = _photo(16)
+    service.remember("8" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    assert _answer(service, 7, photo) == "air_jordan_4"
+
+    service.on_withdrawn(7, "8" * 40)
+
+    assert _answer(service, 7, photo) == "air_jordan_1"
+
+
 def test_an_unrelated_photo_is_left_to_the_model(service: LearningService) -> None:
     service.remember("1" * 40, ADMIN, "air_jordan_4", BACKBONE, _photo(7), is_admin=True)
     answer = _model_answer(_photo(8))

@@ -56,9 +56,13 @@ class FeedbackEvent:
 
 
 class FeedbackListener(Protocol):
-    """Told after a confirmation or correction is committed."""
+    """Told after a confirmation or correction is committed, and when one is taken back."""
 
     def on_feedback(self, event: FeedbackEvent) -> None: ...
+
+    def on_withdrawn(self, user_id: int, image_sha1: str) -> None:
+        """The user's last answer for this photo is no longer a label ("Not listed")."""
+        ...
 
 
 def view_of(prediction: Prediction) -> PredictionView:
@@ -121,6 +125,9 @@ class FeedbackService:
                                                      verdict="not_listed", label=None))
             self._unfile(session, prediction, user_id)
             self._user(session, user_id).awaiting_suggestion_for = prediction.id
+            sha1 = prediction.image_sha1
+        for listener in self.listeners:  # the last answer counts: an earlier label no longer does
+            listener.on_withdrawn(user_id, sha1)
 
     def suggest(self, user_id: int, text: str) -> Suggestion | None:
         """Store a typed name if the user was asked for one; None when they were not."""

@@ -141,6 +141,14 @@ class LearningService:
         except Exception:
             log.exception("memory: could not remember %s for user %s", event.image_sha1[:10], event.user_id)
 
+    def on_withdrawn(self, user_id: int, image_sha1: str) -> None:
+        """Forget this user's label for the photo: they now say its model is not listed."""
+        with self.sessions.begin() as session:
+            session.execute(
+                delete(MemoryEntry).where(MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)
+            )
+        log.info("memory: user %s withdrew their label for %s", user_id, image_sha1[:10])
+
     def remember(
         self, sha1: str, user_id: int, label: str, backbone: str, vector: np.ndarray, *, is_admin: bool
     ) -> str:
