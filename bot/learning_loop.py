@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,16 +138,22 @@ def _decoder(settings: Settings) -> Any:
     return functools.partial(open_image, max_pixels=settings.max_image_pixels)
 
 
-def start_worker_in_process(settings: Settings) -> Any:
-    """For ``sneakerbot run`` on one machine: the worker's scheduler on threads of this process.
+def start_worker_process() -> subprocess.Popen:
+    """For ``sneakerbot run`` on one machine: ``sneakerbot worker`` as a child process.
 
-    The jobs read their settings from the environment, as this process did; training runs
-    on the worker's threads, never on the bot's event loop.
+    A child, not threads of the bot: training is CPU-heavy Python that would compete with
+    the bot's event loop for the GIL. The child reads the same environment and ``.env``.
     """
-    from bot.jobs.scheduler import Worker
-    from bot.store.db import init_db
+    return subprocess.Popen([sys.executable, "-m", "bot", "worker"])
 
-    worker = Worker(settings, init_db(settings.db_url))
-    worker.start()
-    return worker
+
+def stop_worker_process(worker: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Ask the worker to stop (SIGTERM: it finishes the running job's step and exits), then make sure."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 

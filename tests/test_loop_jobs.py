@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from bot.jobs.scheduler import JOB_TABLE, PERIODIC_JOBS, Worker, enqueue, store_client
 from bot.settings import Settings, get_settings
@@ -112,3 +113,25 @@ def test_a_request_from_another_process_runs_once_and_notifies(worker_env: tuple
     assert [note.chat_id for note in notes] == [42]
     assert "no current model" in notes[0].text
     assert "retrain_now" not in _job_rows(engine)
+
+
+def _jobs_stored_yet(engine: Engine) -> bool:
+    """True once the child has created its job table and every periodic job in it."""
+    try:
+        return _job_rows(engine) == sorted(spec.id for spec in PERIODIC_JOBS)
+    except DBAPIError:  # the child has not created the table yet
+        return False
+
+
+def test_the_bot_starts_its_worker_as_a_child_process_and_stops_it(worker_env: tuple[Settings, Engine]) -> None:
+    """`sneakerbot run` on one machine: the jobs run in `sneakerbot worker`, never in the bot's process."""
+    from bot.learning_loop import start_worker_process, stop_worker_process
+
+    _, engine = worker_env
+    child = start_worker_process()
+    try:
+        _wait_for(lambda: _jobs_stored_yet(engine), "the child's jobs")
+        assert child.poll() is None
+    finally:
+        stop_worker_process(child)
+    assert child.returncode == 0

@@ -60,10 +60,10 @@ async def _run_bot(settings: Settings, use_playground: bool) -> None:
         runtime = build_runtime(settings)
     await start_bot(runtime, poll_timeout=settings.poll_timeout_s)
     worker = None
-    if settings.start_worker_in_bot:  # the learning loop's jobs on worker threads, never on this loop
-        from bot.learning_loop import start_worker_in_process
+    if settings.start_worker_in_bot:  # the learning loop's jobs in a child process: never here
+        from bot.learning_loop import start_worker_process
 
-        worker = await asyncio.to_thread(start_worker_in_process, settings)
+        worker = start_worker_process()
     if server is not None:
         print(f"sneakerbot playground: open {server.url}/ in your browser (Ctrl-C stops)", flush=True)
     else:
@@ -72,7 +72,9 @@ async def _run_bot(settings: Settings, use_playground: bool) -> None:
         await stop.wait()
     finally:
         if worker is not None:
-            await asyncio.to_thread(worker.shutdown)
+            from bot.learning_loop import stop_worker_process
+
+            await asyncio.to_thread(stop_worker_process, worker)
         await stop_bot(runtime)
         if server is not None:
             await server.stop()
