@@ -163,9 +163,8 @@ def build_runtime(settings: Settings, *, served: ServedModel | None = None, api_
     engine = init_db(settings.db_url)
     sessions = session_factory(engine)
     if served is None:
-        thresholds = {"footwear": settings.sneaker_threshold, "unsure": settings.unsure_threshold}
         served = load_served_model(sessions, starter_dir=settings.starter_model_dir, models_dir=settings.models_path,
-                                   thresholds=thresholds)
+                                   thresholds=settings.threshold_overrides())
     services = build_services(settings, sessions, served)
     application = build_application(settings, services, api_root=api_root, token=token)
     return BotRuntime(engine, sessions, services, application)

@@ -33,7 +33,7 @@ from bot.jobs.context import registry_for
 from bot.registry import ModelRegistry
 from bot.services.admin import AdminService
 from bot.services.learning import LearningService, MemoryRules, learning_service_for
-from bot.services.models import ServedModel
+from bot.services.models import ServedModel, open_predictor
 from bot.settings import Settings
 from bot.store.models import Notification, utcnow
 
@@ -51,6 +51,7 @@ class LearningLoop:
     registry: ModelRegistry
     services: BotServices
     learning: LearningService
+    thresholds: dict[str, float | None] | None = None  # the settings' overrides, as at start
     backend: str = "onnx"
 
     def refresh_model(self) -> bool:
@@ -59,10 +60,9 @@ class LearningLoop:
         served = self.services.models.current()
         if current is None or current == served.version:
             return False
-        from ml.predictor import Predictor
-
         info = self.registry.get(current)
-        self.services.models.swap(ServedModel(current, Predictor.load(info.path, backend=self.backend)))
+        predictor = open_predictor(info.path, backend=self.backend, thresholds=self.thresholds)
+        self.services.models.swap(ServedModel(current, predictor))
         return True
 
     def claim_notifications(self, limit: int = 20) -> list[tuple[int, int, str]]:
@@ -108,7 +108,7 @@ def install(application: Application) -> None:
         sessions, engine, registry, admin_ids=settings.admin_ids,
         retrain_min_corrections=settings.retrain_min_corrections,
     )
-    services.extra[LOOP_KEY] = LearningLoop(sessions, registry, services, learning)
+    services.extra[LOOP_KEY] = LearningLoop(sessions, registry, services, learning, settings.threshold_overrides())
     admin_handlers.register(application)
     if application.job_queue is not None:
         application.job_queue.run_repeating(_follow, interval=settings.model_poll_seconds, first=1,

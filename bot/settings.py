@@ -129,6 +129,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'sneakerbot.db').resolve()}"
 
+    def threshold_overrides(self) -> dict[str, float | None]:
+        """The verdict thresholds to force on served models (None keeps each model's calibrated one)."""
+        return {"footwear": self.sneaker_threshold, "unsure": self.unsure_threshold}
+
     def ensure_dirs(self) -> None:
         """Create the writable directories; called by entry points, never at import."""
         for path in (self.data_dir, self.models_path, self.images_path, self.cache_path):

@@ -124,8 +124,6 @@ def load_served_model(sessions: sessionmaker[Session], *, starter_dir: Path, mod
     ``threads`` is per inference call: the identify service runs several calls in parallel.
     ``thresholds`` overrides the model's calibrated ones where a value is not None.
     """
-    from ml.predictor import Predictor  # imported here: loading it pulls in onnxruntime
-
     registry = ModelRegistry(sessions, models_dir)
     current = registry.current()
     if current is None:
@@ -135,10 +133,19 @@ def load_served_model(sessions: sessionmaker[Session], *, starter_dir: Path, mod
             raise ModelUnavailable(f"no model in the registry and no starter model: {exc}") from exc
     if current is None:
         raise ModelUnavailable("the model registry has versions but none is current")
-    predictor = Predictor.load(current.path, backend=backend, threads=threads, thresholds=thresholds)
+    return ServedModel(current.version, open_predictor(current.path, backend=backend, threads=threads,
+                                                       thresholds=thresholds))
+
+
+def open_predictor(path: Path | str, *, backend: str = "onnx", threads: int | None = 1,
+                   thresholds: dict[str, float | None] | None = None) -> Any:
+    """A model directory loaded the way the bot serves it: at start and on every hot swap alike."""
+    from ml.predictor import Predictor  # imported here: loading it pulls in onnxruntime
+
+    predictor = Predictor.load(path, backend=backend, threads=threads, thresholds=thresholds)
     if backend == "onnx":  # the torch backend sets its own threads from ``threads``
         _single_threaded_torch()
-    return ServedModel(current.version, predictor)
+    return predictor
 
 
 def _single_threaded_torch() -> None:
