@@ -7,9 +7,9 @@ so their HTTP clients are neither the server's nor the bot's CPU. Each user send
 through the playground's user API and long-polls its chat for the answer.
 
 Scenarios: 1 user and 10 users each sending the next photo as soon as the last is answered
-(the throughput), and 10 users sending ``--rate`` photos/s between them without waiting
-(latency under the target load). Prints p50/p95 latency (photo sent to reply received),
-photos per second, the CPU time per photo of each process and the load average: on a shared
+(the throughput), and 10 users sending ``--rate`` photos/s between them without waiting, as
+independent random (Poisson) arrivals (latency under the target load). Prints p50/p95
+latency (photo sent to reply received), photos per second, the CPU time per photo of each process and the load average: on a shared
 machine the CPU figures are the ones that mean something.
 
     .venv/bin/python -m bench.bot_latency [--photos 60] [--rate 20] [--overall-rate 0] [--model DIR]
@@ -100,10 +100,16 @@ class User:
             self.sent[(await response.json())["result"][0]["message_id"]] = started
 
     async def run(self, images: list[bytes], interval: float | None) -> list[float]:
-        """Photos at a fixed ``interval`` (open loop), or each after the last answer (None)."""
+        """Photos arriving at random with a mean ``interval`` (open loop), or each after the last answer (None).
+
+        Open-loop arrivals are a Poisson process per user (exponential gaps, seeded by the user
+        id): people do not press "send" in step, and a fixed interval shared by all users would
+        send every photo of a round in the same instant, measuring a burst instead of a rate.
+        """
         listener = asyncio.create_task(self.listen(len(images)))
         senders = []
-        for data in images:
+        gaps = np.random.default_rng(self.user_id).exponential(interval or 0.0, len(images))
+        for data, gap in zip(images, gaps):
             if interval is None:
                 self.new_answer.clear()
                 before = len(self.answered)
@@ -112,8 +118,8 @@ class User:
                     await self.new_answer.wait()
                     self.new_answer.clear()
             else:
+                await asyncio.sleep(gap)
                 senders.append(asyncio.create_task(self.send(data)))
-                await asyncio.sleep(interval)
         await asyncio.gather(listener, *senders)
         return [(self.answered[m] - self.sent[m]) * 1000 for m in self.sent]
 

@@ -59,6 +59,7 @@ class TrainConfig:
     aug_views: int = 2  # head mode: augmented views embedded per train image
     flip_view: bool = True  # head mode: also embed the mirrored image
     exclude_file: str | None = None  # csv/txt of sha1s to leave out of train (label audit)
+    init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -164,12 +165,45 @@ class FinetuneModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_finetune_model(cfg: TrainConfig, n_classes: int) -> FinetuneModel:
-    """The backbone with its frozen stages and a fresh head."""
+def build_finetune_model(cfg: TrainConfig, classes: list[str]) -> FinetuneModel:
+    """The backbone with its frozen stages and a fresh head (or the weights of ``cfg.init_from``)."""
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and not _is_scratch(cfg.backbone))
     if not backbone.from_scratch:
         backbone.prepare_finetune(cfg.trainable_stages)
-    return FinetuneModel(backbone, Classifier(backbone.feature_dim, n_classes, cfg.dropout))
+    model = FinetuneModel(backbone, Classifier(backbone.feature_dim, len(classes), cfg.dropout))
+    if cfg.init_from:
+        warm_start(model, Path(cfg.init_from), classes)
+    return model
+
+
+def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> None:
+    """Copy a trained model's backbone and head rows into ``model``.
+
+    Why: a retrain or a change of input size converges in a few epochs from a model that
+    already knows these sneakers, instead of a full run from ImageNet weights. The backbone
+    must have the same layout (same backbone and trainable stages); head rows are matched
+    by class name, so new classes start fresh and dropped ones are ignored.
+    """
+    from ml.artifacts import load_net, read_model_json
+
+    meta = read_model_json(model_dir)
+    source = load_net(model_dir, meta)
+    if meta["backbone"]["name"] != model.backbone.name:
+        raise ValueError(f"--init-from {model_dir}: backbone {meta['backbone']['name']!r}, "
+                         f"this run trains {model.backbone.name!r}")
+    wanted = model.backbone.state_dict()
+    given = {k: v for k, v in source.backbone.state_dict().items() if k in wanted}
+    if set(given) != set(wanted) or any(given[k].shape != wanted[k].shape for k in wanted):
+        raise ValueError(f"--init-from {model_dir}: its backbone layout differs from this run's "
+                         "(use the same --trainable-stages)")
+    model.backbone.load_state_dict(given)
+    old = {c["label"]: i for i, c in enumerate(meta["classes"])}
+    with torch.no_grad():
+        for row, label in enumerate(classes):
+            if label in old:
+                model.head.fc.weight[row] = source.head.fc.weight[old[label]]
+                model.head.fc.bias[row] = source.head.fc.bias[old[label]]
+    log.info("warm start from %s: %d of %d classes known", model_dir, sum(c in old for c in classes), len(classes))
 
 
 def _is_scratch(name: str) -> bool:
@@ -245,7 +279,7 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     device = pick_device(cfg.device)
 
     # channels_last: depthwise convolutions run about 3x faster on CPU in this layout
-    model = build_finetune_model(cfg, len(classes)).to(device, memory_format=torch.channels_last)
+    model = build_finetune_model(cfg, classes).to(device, memory_format=torch.channels_last)
     train_frame = frame[frame["split"] == "train"]
     train_ds = ImageFrameDataset(train_frame, class_to_idx, train_transform(prep))
     val_ds = ImageFrameDataset(frame[frame["split"] == "val"], class_to_idx, eval_transform(prep))

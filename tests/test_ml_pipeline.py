@@ -18,7 +18,8 @@ from bot.cli import main as cli_main
 from ml.artifacts import read_model_json
 from ml.errors import BadImage
 from ml.predictor import Predictor
-from ml.train import TrainConfig, run_training
+from ml.backbones import create_backbone
+from ml.train import TrainConfig, build_finetune_model, run_training
 
 torch.set_num_threads(1)
 
@@ -125,6 +126,33 @@ def test_finetune_checkpoints_and_resume(tmp_path: Path) -> None:
     assert all(torch.equal(head_before[k], head_after[k]) for k in head_before)
     predictor = Predictor.load(model_dir, backend="torch", threads=1)
     assert predictor.predict([shape_image("green_bar", 1)])[0].verdict in {"sneaker", "unsure", "not_sneaker"}
+
+
+def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", per_class=6)
+    base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
+                batch_size=8, threads=1, progress=False)
+    source = Path(run_training(TrainConfig(out_dir=str(tmp_path / "a"), **base)))
+    trained = Predictor.load(source, backend="torch", threads=1)
+    old_head = torch.load(source / "head.pt", weights_only=False)["head"]
+    old_rows = {label: i for i, label in enumerate(trained.labels)}
+
+    classes = ["zebra_stripe", "red_disc", "green_bar"]  # one new class, one dropped, order changed
+    cfg = TrainConfig(out_dir=str(tmp_path / "b"), init_from=str(source), **base).resolved(
+        create_backbone("simple_cnn", pretrained=False))
+    model = build_finetune_model(cfg, classes)
+    saved = torch.load(source / "backbone.pt", weights_only=False)["state_dict"]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.allclose(value.float(), saved[key].float()), key
+    for row, label in enumerate(classes):
+        if label in old_rows:
+            assert torch.allclose(model.head.fc.weight[row], old_head["fc.weight"][old_rows[label]].float())
+        else:
+            assert not torch.allclose(model.head.fc.weight[row], old_head["fc.weight"][0].float())
+
+    other = TrainConfig(out_dir=str(tmp_path / "c"), init_from=str(source), **{**base, "backbone": "efficientnet_lite0"})
+    with pytest.raises(ValueError, match="backbone"):
+        build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
 
 @pytest.fixture(scope="module")
