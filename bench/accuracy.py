@@ -44,7 +44,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bo
                           val=float(cfg.get("val_fraction", 0.15)), test=float(cfg.get("test_fraction", 0.15)))
     labels = predictor.labels
     test = frame[(frame["split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
-    probs, _ = predictor.predict_arrays(list(test["path"]), batch_size=32)
+    probs = predictor.predict_arrays(list(test["path"]), batch_size=32)[0]
     if tta:
         from PIL import ImageOps
 

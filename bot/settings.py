@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     # None means "use the model's own".
     sneaker_threshold: float | None = None
     unsure_threshold: float | None = None
+    familiar_threshold: float | None = None  # under the footwear threshold but this familiar: "unsure"
     inference_threads: int = 2
 
     # --- Telegram ----------------------------------------------------------
@@ -131,7 +132,8 @@ class Settings(BaseSettings):
 
     def threshold_overrides(self) -> dict[str, float | None]:
         """The verdict thresholds to force on served models (None keeps each model's calibrated one)."""
-        return {"footwear": self.sneaker_threshold, "unsure": self.unsure_threshold}
+        return {"footwear": self.sneaker_threshold, "unsure": self.unsure_threshold,
+                "familiar": self.familiar_threshold}
 
     def ensure_dirs(self) -> None:
         """Create the writable directories; called by entry points, never at import."""

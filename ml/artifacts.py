@@ -5,6 +5,7 @@ model.json     format version, backbone, preprocessing, classes + display names,
                metrics (val, test), resolved config, data snapshot, training history
 head.pt        classifier head + footwear scorer state
 backbone.pt    fine-tuned backbone weights (fp16), only when the backbone was trained
+centroids.npy  L2-normalised mean embedding per class (fp16), for the "familiar" verdict rule
 model.onnx     backbone + head + footwear in one graph (or built on first load into a cache)
 plots/*.png    curves.png, confusion.png, examples.png
 README.md      how it was made and its test metrics
@@ -21,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ml.backbones import Backbone, Preprocessing, create_backbone
@@ -29,6 +31,7 @@ from ml.model import CentroidFootwear, Classifier, ImageNetFootwear, SneakerNet
 
 FORMAT_VERSION = 1
 MODEL_JSON, HEAD_FILE, BACKBONE_FILE, ONNX_FILE = "model.json", "head.pt", "backbone.pt", "model.onnx"
+CENTROIDS_FILE = "centroids.npy"
 
 
 def display_name(label: str) -> str:
@@ -105,6 +108,23 @@ def save_weights(model_dir: Path, net: SneakerNet, *, finetuned: bool) -> dict:
         torch.save({"state_dict": state, "finetune_state": net.backbone.finetune_state()}, model_dir / BACKBONE_FILE)
         files["backbone"] = BACKBONE_FILE
     return files
+
+
+def save_centroids(model_dir: Path, centroids: np.ndarray) -> str:
+    """Write centroids.npy (fp16, one row per class in model order); returns its file name."""
+    np.save(Path(model_dir) / CENTROIDS_FILE, np.asarray(centroids, dtype=np.float16))
+    return CENTROIDS_FILE
+
+
+def load_centroids(model_dir: Path, meta: dict) -> np.ndarray | None:
+    """The class centroids (float32, rows L2-normalised), or None for a model without them."""
+    name = meta.get("files", {}).get("centroids")
+    if not name:
+        return None
+    centroids = np.load(Path(model_dir) / name).astype(np.float32)
+    if centroids.shape[0] != len(meta["classes"]):
+        raise ModelDirError(f"{model_dir}: {name} has {centroids.shape[0]} rows for {len(meta['classes'])} classes")
+    return centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
 
 
 def round_to_fp16(backbone: Backbone) -> None:

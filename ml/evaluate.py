@@ -12,20 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-VERDICTS = ("sneaker", "unsure", "not_sneaker")
+from ml.verdicts import VERDICTS, verdicts  # noqa: F401  (verdicts: re-exported for callers)
 
 # Class subsets reported separately when all their labels are present (the original project's five).
 SUBSETS: dict[str, list[str]] = {
     "air_jordan_1-5": [f"air_jordan_{i}" for i in range(1, 6)],
 }
-
-
-def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict) -> np.ndarray:
-    """The verdict rule the Predictor applies, vectorised."""
-    top1 = probs.max(1)
-    out = np.where(top1 >= thresholds["unsure"], "sneaker", "unsure").astype(object)
-    out[footwear < thresholds["footwear"]] = "not_sneaker"
-    return out
 
 
 def topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
@@ -36,7 +28,8 @@ def topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
 
 
 def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], *,
-                    footwear: np.ndarray | None = None, thresholds: dict | None = None) -> dict:
+                    footwear: np.ndarray | None = None, thresholds: dict | None = None,
+                    familiarity: np.ndarray | None = None) -> dict:
     """Top-1/top-3, per-class precision and recall, verdict rates and class-subset figures."""
     n = len(y)
     if n == 0:
@@ -51,7 +44,7 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], *,
                             "recall": tp / support if support else 0.0, "support": support}
     metrics["per_class"] = per_class
     if footwear is not None and thresholds is not None:
-        v = verdicts(probs, footwear, thresholds)
+        v = verdicts(probs, footwear, thresholds, familiarity)
         metrics["verdicts"] = {name: float((v == name).mean()) for name in VERDICTS}
         sure = v == "sneaker"
         metrics["sneaker_verdict_top1"] = float((pred[sure] == y[sure]).mean()) if sure.any() else None
@@ -99,9 +92,10 @@ def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_s
     frame = frame[frame["label"].isin(known)].reset_index(drop=True)
     labels = [c.label for c in predictor.classes]
     class_to_idx = {c: i for i, c in enumerate(labels)}
-    probs, footwear = predictor.predict_arrays(list(frame["path"]), batch_size=batch_size)
+    probs, footwear, familiarity = predictor.predict_arrays(list(frame["path"]), batch_size=batch_size)
     y = np.array([class_to_idx[c] for c in frame["label"]], dtype=int)
-    report = compute_metrics(probs, y, labels, footwear=footwear, thresholds=predictor.thresholds)
+    report = compute_metrics(probs, y, labels, footwear=footwear, thresholds=predictor.thresholds,
+                             familiarity=familiarity)
     report.update({"data_dir": str(data_dir), "split": split, "skipped_unknown_labels": int(len(unknown)),
                    "problems": int(len(index.problems)), "model": str(predictor.info.model_dir)})
     return report

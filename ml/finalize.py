@@ -47,9 +47,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
         artifacts.round_to_fp16(backbone)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     imagenet_valid = backbone.has_imagenet_head and (not finetuned or backbone.finetune_state().get("imagenet_branch"))
-    centroids = None
-    if not imagenet_valid:
-        centroids = _class_centroids(backbone, frame[frame["split"] == "train"], class_to_idx, prep, cfg.progress)
+    centroids = _class_centroids(backbone, frame[frame["split"] == "train"], class_to_idx, prep, cfg.progress)
     if imagenet_valid:
         footwear = make_footwear(backbone)
     else:
@@ -62,20 +60,24 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     for split in ("val", "test"):
         part = frame[frame["split"] == split].reset_index(drop=True)
         ds = ImageFrameDataset(part, class_to_idx, eval_transform(prep))
-        outputs[split] = (part, *_run(net, ds, f"final {split}", cfg.progress))
-    val_part, val_probs, val_fw = outputs["val"]
+        outputs[split] = (part, *_run(net, ds, f"final {split}", cfg.progress, centroids.numpy()))
+    val_part, val_probs, val_fw, val_familiar = outputs["val"]
     y_val = np.array([class_to_idx[c] for c in val_part["label"]], dtype=int)
     thresholds = calibrate_thresholds(val_probs, y_val, val_fw, target_precision=cfg.target_precision,
                                       footwear_quantile=cfg.footwear_quantile,
-                                      method="imagenet" if imagenet_valid else "centroid")
+                                      method="imagenet" if imagenet_valid else "centroid",
+                                      familiarity=val_familiar,
+                                      # getattr: a run started before the field existed finalises with new code
+                                      familiar_quantile=getattr(cfg, "familiar_quantile", 0.25))
     metrics = {}
-    for split, (part, probs, fw) in outputs.items():
+    for split, (part, probs, fw, familiar) in outputs.items():
         y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
-        metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds)
-    _plots(out, history, outputs["test"], classes, class_to_idx, cfg)
+        metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=familiar)
+    _plots(out, history, outputs["test"][:3], classes, class_to_idx, cfg)
 
     # a backbone that is not the stock pretrained one must ship its weights
     files = artifacts.save_weights(out, net, finetuned=finetuned or not cfg.pretrained)
+    files["centroids"] = artifacts.save_centroids(out, centroids.numpy())
     meta = {
         "format_version": artifacts.FORMAT_VERSION,
         "version": None,
@@ -107,15 +109,21 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
 
 
 @torch.inference_mode()
-def _run(net: SneakerNet, ds, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    probs, footwear = [], []
+def _run(net: SneakerNet, ds, desc: str, progress: bool,
+         centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probs, footwear, familiarity) over a dataset; familiarity as the Predictor computes it."""
+    probs, footwear, familiar = [], [], []
+    rounded = centroids.astype(np.float16).astype(np.float32)  # as shipped in centroids.npy
+    rounded /= np.maximum(np.linalg.norm(rounded, axis=1, keepdims=True), 1e-12)
     for images, _ in tqdm(DataLoader(ds, batch_size=64), desc=desc, unit="batch", disable=not progress, leave=False):
-        p, _, fw = net(images.contiguous(memory_format=torch.channels_last))
+        p, embedding, fw = net(images.contiguous(memory_format=torch.channels_last))
         probs.append(p.numpy())
         footwear.append(fw.numpy())
+        familiar.append((embedding.numpy() @ rounded.T).max(axis=1))
     if not probs:
-        return np.zeros((0, net.head.fc.out_features), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(probs), np.concatenate(footwear)
+        empty = np.zeros(0, np.float32)
+        return np.zeros((0, net.head.fc.out_features), np.float32), empty, empty
+    return np.concatenate(probs), np.concatenate(footwear), np.concatenate(familiar)
 
 
 @torch.inference_mode()
@@ -126,7 +134,7 @@ def _class_centroids(backbone: Backbone, train: pd.DataFrame, class_to_idx: dict
     sums = torch.zeros(len(class_to_idx), backbone.feature_dim)
     ds = ImageFrameDataset(train, class_to_idx, eval_transform(prep))
     for images, targets in tqdm(DataLoader(ds, batch_size=64), desc="centroids", disable=not progress, leave=False):
-        feats = torch.nn.functional.normalize(backbone(images), dim=1)
+        feats = torch.nn.functional.normalize(backbone(images.contiguous(memory_format=torch.channels_last)), dim=1)
         sums.index_add_(0, targets, feats)
     return torch.nn.functional.normalize(sums, dim=1)
 
@@ -206,7 +214,9 @@ def write_readme(out: Path, meta: dict) -> Path:
         f"- Input: {meta['preprocessing']['size']} px ({meta['preprocessing']['resize']}), "
         f"footwear score: {meta['footwear']['method']}",
         f"- Thresholds (calibrated on val): footwear >= {th['footwear']:.3f}, top-1 confidence >= "
-        f"{th['unsure']:.3f} for a sure answer",
+        f"{th['unsure']:.3f} for a sure answer"
+        + (f"; a photo under the footwear threshold but at least {th['familiar']:.2f} similar to a class "
+           "centroid is answered \"unsure\", not \"not a sneaker\"" if th.get("familiar") is not None else ""),
         "",
         "## Metrics",
         "",

@@ -20,6 +20,7 @@ import torch
 from ml import artifacts
 from ml.artifacts import ClassInfo, ModelInfo
 from ml.errors import ModelDirError
+from ml.verdicts import verdicts
 from ml.images import ImageSource, open_image
 from ml.transforms import eval_transform
 
@@ -45,6 +46,7 @@ class Prediction:
     verdict: str  # "sneaker" | "unsure" | "not_sneaker"
     footwear_score: float
     embedding: np.ndarray
+    familiarity: float | None = None  # cosine similarity to the nearest class centroid
 
     @property
     def best(self) -> Guess:
@@ -55,7 +57,8 @@ class Prediction:
         """JSON-ready (without the embedding)."""
         return {"top": [{"label": g.label, "display_name": g.display_name, "score": round(g.score, 4)}
                         for g in self.top],
-                "verdict": self.verdict, "footwear_score": round(self.footwear_score, 4)}
+                "verdict": self.verdict, "footwear_score": round(self.footwear_score, 4),
+                **({"familiarity": round(self.familiarity, 4)} if self.familiarity is not None else {})}
 
 
 def default_cache_dir() -> Path:
@@ -67,12 +70,17 @@ def default_cache_dir() -> Path:
 class Predictor:
     """A loaded model. Thread-safe for concurrent ``predict`` calls on the ONNX backend."""
 
-    def __init__(self, info: ModelInfo, classes: list[ClassInfo], runner, backend: str) -> None:
+    def __init__(self, info: ModelInfo, classes: list[ClassInfo], runner, backend: str,
+                 centroids: np.ndarray | None = None) -> None:
         self.info, self.classes, self.backend = info, classes, backend
         self._runner = runner
         self._transform = eval_transform(info.preprocessing)
         self._names = {c.label: c.display_name for c in classes}
-        self.thresholds = {"footwear": float(info.thresholds["footwear"]), "unsure": float(info.thresholds["unsure"])}
+        self._centroids = centroids
+        self.thresholds: dict[str, float | None] = {
+            "footwear": float(info.thresholds["footwear"]), "unsure": float(info.thresholds["unsure"]),
+            "familiar": _optional_float(info.thresholds.get("familiar")) if centroids is not None else None,
+        }
 
     @classmethod
     def load(cls, model_dir: Path | str, *, backend: str = "onnx", cache_dir: Path | str | None = None,
@@ -89,7 +97,7 @@ class Predictor:
             runner = _OnnxRunner(path, threads)
         else:
             runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads)
-        predictor = cls(info, classes, runner, backend)
+        predictor = cls(info, classes, runner, backend, artifacts.load_centroids(model_dir, meta))
         for key, value in (thresholds or {}).items():
             if value is not None:
                 predictor.thresholds[key] = float(value)
@@ -110,16 +118,27 @@ class Predictor:
                 batch_size: int = 16) -> list[Prediction]:
         """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input."""
         probs, embedding, footwear = self._infer(_as_list(images), batch_size)
-        return [self._prediction(p, e, f, k) for p, e, f in zip(probs, embedding, footwear)]
+        familiarity = self.familiarity(embedding)
+        rule = verdicts(probs, footwear, self.thresholds, familiarity)
+        return [self._prediction(probs[i], embedding[i], float(footwear[i]), rule[i],
+                                 None if familiarity is None else float(familiarity[i]), k)
+                for i in range(len(probs))]
+
+    def familiarity(self, embedding: np.ndarray) -> np.ndarray | None:
+        """Cosine similarity of each embedding to its nearest class centroid (None without centroids)."""
+        if self._centroids is None or not len(embedding):
+            return None
+        return (embedding @ self._centroids.T).max(axis=1)
 
     def embed(self, images: Sequence[ImageSource] | ImageSource, *, batch_size: int = 16) -> np.ndarray:
         """L2-normalised features ``[N, D]`` (the memory's vectors)."""
         return self._infer(_as_list(images), batch_size)[1]
 
-    def predict_arrays(self, images: Sequence[ImageSource], *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (probs [N, C], footwear [N]) for evaluation."""
-        probs, _, footwear = self._infer(list(images), batch_size)
-        return probs, footwear
+    def predict_arrays(self, images: Sequence[ImageSource], *,
+                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Raw (probs [N, C], footwear [N], familiarity [N] or None) for evaluation."""
+        probs, embedding, footwear = self._infer(list(images), batch_size)
+        return probs, footwear, self.familiarity(embedding)
 
     # ----------------------------------------------------------------- internals
 
@@ -134,16 +153,16 @@ class Predictor:
             return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
         return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
 
-    def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, k: int) -> Prediction:
+    def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, verdict: str,
+                    familiarity: float | None, k: int) -> Prediction:
         order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
         top = [Guess(self.classes[i].label, self.classes[i].display_name, float(probs[i])) for i in order]
-        if footwear < self.thresholds["footwear"]:
-            verdict = "not_sneaker"
-        elif top[0].score < self.thresholds["unsure"]:
-            verdict = "unsure"
-        else:
-            verdict = "sneaker"
-        return Prediction(top=top, verdict=verdict, footwear_score=float(footwear), embedding=embedding)
+        return Prediction(top=top, verdict=str(verdict), footwear_score=footwear, embedding=embedding,
+                          familiarity=familiarity)
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:

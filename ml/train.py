@@ -68,6 +68,7 @@ class TrainConfig:
     progress: bool = True
     target_precision: float = 0.9  # unsure threshold: confident answers must be this precise on val
     footwear_quantile: float = 0.02  # footwear threshold: this share of val sneakers may be "not_sneaker"
+    familiar_quantile: float = 0.25  # "familiar" threshold: this share of val sneakers is less familiar
     extra: dict = field(default_factory=dict)
 
     def resolved(self, backbone: Backbone) -> TrainConfig:

@@ -71,7 +71,7 @@ async def test_download_limits(start: Starter, user: TestUser) -> None:
         assert "Air Jordan 11" in (await user.reply())["text"]
         with bot.sessions() as session:
             pending = session.scalars(select(Prediction)).one().pending_path
-        assert Image.open(pending).size == (320, 240)
+        assert Image.open(pending).size == (sent["photo"][0]["width"], sent["photo"][0]["height"])  # the small one
 
         await user.send_document(png_bytes(RED, (300, 300)) + b"\0" * 50_000, "big.png", "image/png")
         assert (await user.reply())["text"] == render.too_large_text(40_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from ml.audit import audit_labels
@@ -51,3 +52,22 @@ def test_calibration_meets_precision_target_on_val() -> None:
     metrics = compute_metrics(probs, y, ["a", "b", "c", "d"], footwear=footwear, thresholds=th)
     assert abs(sum(metrics["verdicts"].values()) - 1) < 1e-9
     assert metrics["sneaker_verdict_top1"] >= 0.9
+
+
+def test_familiar_photos_under_the_footwear_threshold_are_unsure_not_rejected() -> None:
+    rng = np.random.default_rng(2)
+    familiarity = rng.uniform(0.4, 0.95, 500)
+    probs = np.full((4, 3), 0.05)
+    probs[:, 0] = 0.9  # every row is a confident guess
+    th = calibrate_thresholds(np.tile(probs, (125, 1)), np.zeros(500, int), np.full(500, 0.5),
+                              familiarity=familiarity, familiar_quantile=0.25)
+    assert th["familiar"] == pytest.approx(max(0.65, np.quantile(familiarity, 0.25)))
+    th = {"footwear": 0.01, "unsure": 0.5, "familiar": 0.7}
+    footwear = np.array([0.5, 0.001, 0.001, 0.5])
+    familiar = np.array([0.2, 0.69, 0.71, 0.9])
+    assert list(verdicts(probs, footwear, th, familiar)) == ["sneaker", "not_sneaker", "unsure", "sneaker"]
+    assert list(verdicts(probs, footwear, th)) == ["sneaker", "not_sneaker", "not_sneaker", "sneaker"]
+    assert list(verdicts(probs, footwear, {**th, "familiar": None}, familiar))[2] == "not_sneaker"
+    # a model scored by centroids (no ImageNet head) gets no separate familiarity rule
+    assert calibrate_thresholds(probs, np.zeros(4, int), np.full(4, 0.5), method="centroid",
+                                familiarity=np.ones(4))["familiar"] is None

@@ -72,6 +72,9 @@ def test_head_model_directory_is_self_describing(head_model: Path) -> None:
     assert {"val", "test"} <= set(meta["metrics"]) and meta["metrics"]["test"]["n"] > 0
     assert meta["config"]["mode"] == "head" and meta["data"]["images"] == 36
     assert meta["onnx_check"]["max_abs_diff"]["probs"] < 1e-4
+    assert meta["files"]["centroids"] == "centroids.npy"
+    assert np.load(head_model / "centroids.npy").shape == (3, 1280)
+    assert 0.65 <= meta["thresholds"]["familiar"] <= 1
     for name in ("head.pt", "model.onnx", "README.md", "plots/curves.png", "plots/confusion.png",
                  "plots/examples.png"):
         assert (head_model / name).is_file(), name
@@ -90,11 +93,17 @@ def test_model_reloads_and_predicts_with_both_backends(head_model: Path, tmp_pat
         assert np.allclose([g.score for g in pa.top], [g.score for g in pb.top], atol=1e-4)
         assert pa.verdict == pb.verdict
         assert abs(pa.footwear_score - pb.footwear_score) < 1e-4
+        assert pa.familiarity == pytest.approx(pb.familiarity, abs=1e-4)
         assert np.linalg.norm(pa.embedding) == pytest.approx(1.0, abs=1e-4)
     # the tiny head learned the shapes: most synthetic test shapes come out right
     assert sum(p.top[0].label == label for p, label in zip(a, SHAPES)) >= 2
     vectors = onnx.embed(images)
     assert vectors.shape == (3, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    # familiarity is the cosine to the nearest of the shipped class centroids
+    centroids = np.load(head_model / "centroids.npy").astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    assert [p.familiarity for p in a] == pytest.approx(list((vectors @ centroids.T).max(1)), abs=1e-4)
+    assert onnx.predict_arrays(images)[2] == pytest.approx([p.familiarity for p in a], abs=1e-5)
     assert onnx.display_name("red_disc") == "Red Disc"
     assert onnx.info.backbone == "efficientnet_lite0"
 
