@@ -11,6 +11,8 @@ split of each model's own seeded split, which training never saw.
 
 ``--train-heads`` first trains head-mode models (frozen backbone + linear head, cached
 embeddings) for every backbone whose weights are on this machine, into ``var/bench/``.
+``--train-scratch`` trains the from-scratch baseline (``simple_cnn``, the original project's
+CNN) on air_jordan_1..5, the original project's setting, into ``var/bench/``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,22 @@ def train_heads(data_dir: Path, threads: int) -> list[Path]:
     return made
 
 
+def train_scratch(data_dir: Path, threads: int, epochs: int = 30) -> list[Path]:
+    """The from-scratch backbones, fine-tuned on the original project's five classes."""
+    from ml.backbones import available_backbones, create_backbone
+    from ml.train import TrainConfig, run_training
+
+    made = []
+    for name in available_backbones():
+        if not create_backbone(name, pretrained=False).from_scratch:
+            continue
+        out = ROOT / "var" / "bench" / f"{name}-scratch-aj1-5"
+        cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out), backbone=name, mode="finetune", epochs=epochs,
+                          classes=CLASS_SETS["air_jordan_1..5"], patience=epochs, threads=threads, progress=True)
+        made.append(Path(run_training(cfg, resume=True)))
+    return made
+
+
 def format_rows(results: list[dict]) -> str:
     """One line per model and class set."""
     lines = [f"{'model':<34} {'set':<17} {'imgs':>5}  {'top1 all':>8} {'top3 all':>8}  {'top1 restr':>10} "
@@ -120,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--model", type=Path, action="append", help="model directory (repeatable)")
     parser.add_argument("--train-heads", action="store_true")
+    parser.add_argument("--train-scratch", action="store_true", help="train simple_cnn from scratch on AJ 1-5")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--tta", action="store_true", help="also report flip test-time augmentation (2x the cost)")
@@ -130,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     models = list(args.model or [])
     if args.train_heads:
         models += train_heads(args.data, args.threads)
+    if args.train_scratch:
+        models += train_scratch(args.data, args.threads)
     if not models:
         models = [ROOT / "models" / "starter"]
         models += sorted(p for p in (ROOT / "var" / "bench").glob("*") if (p / "model.json").is_file())

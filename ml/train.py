@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ml.backbones import Backbone, Preprocessing, create_backbone
-from ml.data import class_weights, index_dataset, split_dataset
+from ml.data import class_weights, index_dataset, restrict, split_dataset
 from ml.errors import BadImage, DatasetError
 from ml.images import open_image
 from ml.model import Classifier
@@ -60,6 +60,7 @@ class TrainConfig:
     flip_view: bool = True  # head mode: also embed the mirrored image
     exclude_file: str | None = None  # csv/txt of sha1s to leave out of train (label audit)
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
+    classes: list[str] | None = None  # train on these class folders only (None: all of them)
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -119,9 +120,15 @@ class ImageFrameDataset(Dataset):
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
     """Index, split and apply the exclusion list (train only). Returns frame, classes, snapshot."""
     index = index_dataset(cfg.data_dir, progress=cfg.progress)
-    if index.frame["label"].nunique() < 2:
+    frame = index.frame
+    if cfg.classes:
+        missing = sorted(set(cfg.classes) - set(frame["label"]))
+        if missing:
+            raise DatasetError(f"{cfg.data_dir}: no images for the classes {', '.join(missing)}")
+        frame = restrict(frame, cfg.classes)
+    if frame["label"].nunique() < 2:
         raise DatasetError(f"{cfg.data_dir}: need at least two class folders with images")
-    frame = split_dataset(index.frame, seed=cfg.seed, val=cfg.val_fraction, test=cfg.test_fraction)
+    frame = split_dataset(frame, seed=cfg.seed, val=cfg.val_fraction, test=cfg.test_fraction)
     excluded = 0
     if cfg.exclude_file:
         bad = read_exclusions(Path(cfg.exclude_file))

@@ -137,6 +137,20 @@ def test_finetune_checkpoints_and_resume(tmp_path: Path) -> None:
     assert predictor.predict([shape_image("green_bar", 1)])[0].verdict in {"sneaker", "unsure", "not_sneaker"}
 
 
+def test_training_on_a_subset_of_the_classes(tmp_path: Path) -> None:
+    from ml.errors import DatasetError
+
+    data = make_shapes_dataset(tmp_path / "data", per_class=6)
+    base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
+                batch_size=8, threads=1, progress=False)
+    model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), classes=["red_disc", "green_bar"], **base)))
+    meta = read_model_json(model_dir)
+    assert [c["label"] for c in meta["classes"]] == ["green_bar", "red_disc"]
+    assert meta["data"]["splits"]["train"] + meta["data"]["splits"]["val"] + meta["data"]["splits"]["test"] == 12
+    with pytest.raises(DatasetError, match="purple_star"):
+        run_training(TrainConfig(out_dir=str(tmp_path / "n"), classes=["red_disc", "purple_star"], **base))
+
+
 def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", per_class=6)
     base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
