@@ -1,47 +1,57 @@
 #!/usr/bin/env bash
 # Rebuild the shipped starter model (models/starter/) from the Air Jordan photos.
 #
-#   bash scripts/build-starter-model.sh            # audit labels, fine-tune, copy into models/starter
+#   bash scripts/build-starter-model.sh            # audit labels, fine-tune twice, copy into models/starter
 #   DATA=/path/to/air-jordan bash scripts/build-starter-model.sh
 #
-# About 1-1.5 h on a 2-core CPU (EfficientNet-Lite0, blocks 8-15 + head fine-tuned at 160 px,
-# 9 epochs). Every epoch is checkpointed: if the run is interrupted, run this script again
-# (or the resume command below) and it continues where it stopped:
-#
-#   .venv/bin/sneakerbot train ../shared/datasets/air-jordan --mode finetune --out var/starter-train --resume \
-#       --threads 2 --no-progress >> var/starter-train.log 2>&1
-#
-# The resume reads the run's saved config from var/starter-train/checkpoints/last.pt; when all
-# epochs are done it only (re)writes the finished model directory.
+# About 2 h on a 2-core CPU, in three steps: a label audit; a fine-tune of EfficientNet-Lite0
+# blocks 8-15 + head at 160 px (9 epochs); then the same blocks at 192 px for 5 epochs, warm
+# started from the first run (`--init-from`: the model already knows the sneakers, the larger
+# input adds detail; cheaper than a whole run at 192 px). Every epoch is checkpointed: if the
+# script is interrupted, run it again and it continues where it stopped (each run resumes
+# from its own checkpoints/last.pt; a finished run is only shipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA="${DATA:-../shared/datasets/air-jordan}"
-RUN="${RUN:-var/starter-train}"
+STAGE1="${STAGE1:-var/starter-train}"
+RUN="${RUN:-var/train-192}"
 AUDIT="${AUDIT:-var/audit/flagged.csv}"
 OUT="models/starter"
 SB=".venv/bin/sneakerbot"
 THREADS="${THREADS:-2}"
 mkdir -p var
 
-if [ -f "$RUN/model.json" ] && [ "$RUN/model.json" -nt "$RUN/checkpoints/last.pt" ]; then
-    echo "$RUN is finished: shipping it"
-elif [ -f "$RUN/checkpoints/last.pt" ]; then
-    echo "resuming $RUN"
-    "$SB" train "$DATA" --mode finetune --out "$RUN" --resume --threads "$THREADS" --no-progress
+finished() { [ -f "$1/model.json" ] && [ "$1/model.json" -nt "$1/checkpoints/last.pt" ]; }
+
+# 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (left out of train only)
+[ -f "$AUDIT" ] || "$SB" audit "$DATA" --image-size 160 --out "$AUDIT" --threads "$THREADS"
+
+# 2. fine-tune at 160 px: one model over all classes
+if finished "$STAGE1"; then
+    echo "$STAGE1 is finished"
+elif [ -f "$STAGE1/checkpoints/last.pt" ]; then
+    "$SB" train "$DATA" --mode finetune --out "$STAGE1" --resume --threads "$THREADS" --no-progress
 else
-    # 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (left out of train only)
-    [ -f "$AUDIT" ] || "$SB" audit "$DATA" --image-size 160 --out "$AUDIT" --threads "$THREADS"
-    # 2. fine-tune: one model over all classes
     "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 9 --image-size 160 \
-        --trainable-stages 9 --exclude "$AUDIT" --threads "$THREADS" --out "$RUN" --no-progress
+        --trainable-stages 9 --exclude "$AUDIT" --threads "$THREADS" --out "$STAGE1" --no-progress
 fi
 
-# 3. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
+# 3. the same blocks at 192 px, warm started from step 2
+if finished "$RUN"; then
+    echo "$RUN is finished: shipping it"
+elif [ -f "$RUN/checkpoints/last.pt" ]; then
+    "$SB" train "$DATA" --mode finetune --out "$RUN" --resume --threads "$THREADS" --no-progress
+else
+    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 5 --image-size 192 \
+        --trainable-stages 9 --lr 4e-4 --init-from "$STAGE1" --exclude "$AUDIT" --threads "$THREADS" \
+        --out "$RUN" --no-progress
+fi
+# 4. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
 rm -rf "$OUT.new"
 mkdir -p "$OUT.new"
 cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/
-for optional in backbone.pt model.onnx audit.csv; do
+for optional in backbone.pt centroids.npy model.onnx audit.csv; do
     if [ -f "$RUN/$optional" ]; then cp "$RUN/$optional" "$OUT.new"/; fi
 done
 cat >> "$OUT.new/README.md" <<'MD'
@@ -49,12 +59,14 @@ cat >> "$OUT.new/README.md" <<'MD'
 
 `make starter-model` runs `scripts/build-starter-model.sh`: a label audit (`sneakerbot audit`: out-of-fold
 predictions of a linear head on frozen EfficientNet-Lite0 features flag images whose folder label is probably
-wrong; they are left out of *train* only, `audit.csv`), then `sneakerbot train --mode finetune` (stem and
-blocks 0-7 frozen and shared; blocks 8-15 + head conv fine-tuned; a frozen pretrained copy of blocks 8-15 +
-the ImageNet head kept in the same graph for the footwear score), then this directory is copied from
-`var/starter-train/` without checkpoints. Weights ship as fp16 (`backbone.pt`, metrics above are measured
-with exactly these weights); `model.onnx` is built on first load into the cache directory because the fp32
-graph would take this directory over 25 MB. No images are included.
+wrong; they are left out of *train* only, `audit.csv`), then two `sneakerbot train --mode finetune` runs with
+the same layout (stem and blocks 0-7 frozen and shared; blocks 8-15 + head conv fine-tuned; a frozen
+pretrained copy of blocks 8-15 + the ImageNet head kept in the same graph for the footwear score): 9 epochs
+at 160 px (`var/starter-train/`), then 5 epochs at 192 px warm started from it (`--init-from`, max lr 4e-4,
+`var/train-192/`, this model). The directory is copied without checkpoints. Weights ship as fp16
+(`backbone.pt`, metrics above are measured with exactly these weights); `centroids.npy` holds the mean
+embedding per class of train (the "familiar" rule); `model.onnx` is built on first load into the cache
+directory because the fp32 graph would take this directory over 25 MB. No images are included.
 MD
 rm -rf "$OUT"
 mv "$OUT.new" "$OUT"
