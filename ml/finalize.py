@@ -242,7 +242,12 @@ def write_readme(out: Path, meta: dict) -> Path:
 def train_command(cfg: dict) -> str:
     """The ``sneakerbot train`` command line that reproduces a resolved config."""
     parts = ["sneakerbot train", cfg["data_dir"], "--backbone", cfg["backbone"], "--mode", cfg["mode"],
-             "--epochs", str(cfg["epochs"]), "--image-size", str(cfg["image_size"]), "--seed", str(cfg["seed"])]
+             "--epochs", str(cfg["epochs"]), "--image-size", str(cfg["image_size"]), "--seed", str(cfg["seed"]),
+             "--lr", f"{cfg['lr']:g}"]
+    if cfg.get("classes"):
+        parts += ["--classes", ",".join(cfg["classes"])]
+    if cfg.get("init_from"):
+        parts += ["--init-from", cfg["init_from"]]
     if cfg.get("trainable_stages"):
         parts += ["--trainable-stages", str(cfg["trainable_stages"])]
     if cfg["mode"] == "head":

@@ -146,6 +146,7 @@ def test_training_on_a_subset_of_the_classes(tmp_path: Path) -> None:
     model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), classes=["red_disc", "green_bar"], **base)))
     meta = read_model_json(model_dir)
     assert [c["label"] for c in meta["classes"]] == ["green_bar", "red_disc"]
+    assert "--classes red_disc,green_bar" in (model_dir / "README.md").read_text()  # how to make it again
     assert meta["data"]["splits"]["train"] + meta["data"]["splits"]["val"] + meta["data"]["splits"]["test"] == 12
     with pytest.raises(DatasetError, match="purple_star"):
         run_training(TrainConfig(out_dir=str(tmp_path / "n"), classes=["red_disc", "purple_star"], **base))
