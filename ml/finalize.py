@@ -246,6 +246,8 @@ def train_command(cfg: dict) -> str:
              "--lr", f"{cfg['lr']:g}"]
     if cfg.get("classes"):
         parts += ["--classes", ",".join(cfg["classes"])]
+    if cfg.get("augment", "standard") != "standard":
+        parts += ["--augment", cfg["augment"]]
     if cfg.get("init_from"):
         parts += ["--init-from", cfg["init_from"]]
     if cfg.get("trainable_stages"):

@@ -30,7 +30,7 @@ from ml.data import class_weights, index_dataset, restrict, split_dataset
 from ml.errors import BadImage, DatasetError
 from ml.images import open_image
 from ml.model import Classifier
-from ml.transforms import eval_transform, train_transform
+from ml.transforms import augmentation, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class TrainConfig:
     exclude_file: str | None = None  # csv/txt of sha1s to leave out of train (label audit)
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
+    augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -289,7 +290,7 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     # channels_last: depthwise convolutions run about 3x faster on CPU in this layout
     model = build_finetune_model(cfg, classes).to(device, memory_format=torch.channels_last)
     train_frame = frame[frame["split"] == "train"]
-    train_ds = ImageFrameDataset(train_frame, class_to_idx, train_transform(prep))
+    train_ds = ImageFrameDataset(train_frame, class_to_idx, augmentation(cfg.augment, prep))
     val_ds = ImageFrameDataset(frame[frame["split"] == "val"], class_to_idx, eval_transform(prep))
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, len(train_ds))  # drop_last: a batch of one breaks BatchNorm

@@ -37,6 +37,34 @@ def train_transform(
     return T.Compose(steps + _to_tensor(prep))
 
 
+AUGMENTATIONS = ("standard", "strong")
+
+
+def strong_train_transform(prep: Preprocessing, *, jitter: float = 0.3) -> T.Compose:
+    """More varied views for a model that fits its train set: random-resized crops, flips,
+    colour jitter and random erasing (a patch hidden, as a hand or a shoelace would).
+
+    Why: fine-tuned on a few thousand scraped photos the network reaches ~99% on train and
+    ~84% on val; harder views are the cheap regulariser.
+    """
+    return T.Compose([
+        T.RandomResizedCrop((prep.size, prep.size), scale=(0.35, 1.0), ratio=(0.6, 1.67), antialias=True),
+        T.RandomHorizontalFlip(0.5),
+        T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 10),
+        *_to_tensor(prep),
+        T.RandomErasing(p=0.25, scale=(0.02, 0.15), value=0.0),
+    ])
+
+
+def augmentation(name: str, prep: Preprocessing) -> T.Compose:
+    """The train preset by name (``TrainConfig.augment``)."""
+    if name == "strong":
+        return strong_train_transform(prep)
+    if name == "standard":
+        return train_transform(prep)
+    raise ValueError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)}")
+
+
 def eval_transform(prep: Preprocessing) -> T.Compose:
     """Resize and centre crop: shared by evaluation, calibration and inference."""
     return T.Compose([_resize(prep), T.CenterCrop(prep.size), *_to_tensor(prep)])

@@ -18,7 +18,7 @@ from bot.cli import main as cli_main
 from ml.artifacts import read_model_json
 from ml.errors import BadImage
 from ml.predictor import Predictor
-from ml.backbones import create_backbone
+from ml.backbones import Preprocessing, create_backbone
 from ml.train import TrainConfig, build_finetune_model, run_training
 
 torch.set_num_threads(1)
@@ -143,11 +143,20 @@ def test_training_on_a_subset_of_the_classes(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", per_class=6)
     base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
                 batch_size=8, threads=1, progress=False)
-    model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), classes=["red_disc", "green_bar"], **base)))
+    model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), classes=["red_disc", "green_bar"],
+                                              augment="strong", **base)))
     meta = read_model_json(model_dir)
     assert [c["label"] for c in meta["classes"]] == ["green_bar", "red_disc"]
-    assert "--classes red_disc,green_bar" in (model_dir / "README.md").read_text()  # how to make it again
+    assert "--classes red_disc,green_bar --augment strong" in (model_dir / "README.md").read_text()  # made again
     assert meta["data"]["splits"]["train"] + meta["data"]["splits"]["val"] + meta["data"]["splits"]["test"] == 12
+    from ml.transforms import augmentation
+
+    views = augmentation("strong", Preprocessing(size=48, mean=(0.5,) * 3, std=(0.5,) * 3))
+    image = shape_image("red_disc", 3)
+    first, second = views(image), views(image)
+    assert first.shape == (3, 48, 48) and not torch.equal(first, second)  # random views
+    with pytest.raises(ValueError, match="strong"):
+        augmentation("wild", Preprocessing(size=48))
     with pytest.raises(DatasetError, match="purple_star"):
         run_training(TrainConfig(out_dir=str(tmp_path / "n"), classes=["red_disc", "purple_star"], **base))
 
