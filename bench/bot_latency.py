@@ -8,9 +8,9 @@ through the playground's user API and long-polls its chat for the answer.
 
 Scenarios: 1 user and 10 users each sending the next photo as soon as the last is answered
 (the throughput), and 10 users sending ``--rate`` photos/s between them without waiting, as
-independent random (Poisson) arrivals (latency under the target load). Prints p50/p95
-latency (photo sent to reply received), photos per second, the CPU time per photo of each process and the load average: on a shared
-machine the CPU figures are the ones that mean something.
+random (Poisson) arrivals (latency under the target load). Prints p50/p95 latency (photo
+sent to reply received), photos per second, the CPU time per photo of each process and the
+load average: on a shared machine the CPU figures are the ones that mean something.
 
     .venv/bin/python -m bench.bot_latency [--photos 60] [--rate 20] [--overall-rate 0] [--model DIR]
                                           [--database-url URL]
@@ -99,18 +99,13 @@ class User:
         async with self.session.post(f"/playground/api/chats/{self.user_id}/messages", data=form) as response:
             self.sent[(await response.json())["result"][0]["message_id"]] = started
 
-    async def run(self, images: list[bytes], interval: float | None) -> list[float]:
-        """Photos arriving at random with a mean ``interval`` (open loop), or each after the last answer (None).
-
-        Open-loop arrivals are a Poisson process per user (exponential gaps, seeded by the user
-        id): people do not press "send" in step, and a fixed interval shared by all users would
-        send every photo of a round in the same instant, measuring a burst instead of a rate.
-        """
+    async def run(self, images: list[bytes], at: list[float] | None) -> list[float]:
+        """Photos sent at the given seconds from now (open loop), or each after the last answer (None)."""
         listener = asyncio.create_task(self.listen(len(images)))
         senders = []
-        gaps = np.random.default_rng(self.user_id).exponential(interval or 0.0, len(images))
-        for data, gap in zip(images, gaps):
-            if interval is None:
+        start = time.perf_counter()
+        for i, data in enumerate(images):
+            if at is None:
                 self.new_answer.clear()
                 before = len(self.answered)
                 await self.send(data)
@@ -118,7 +113,7 @@ class User:
                     await self.new_answer.wait()
                     self.new_answer.clear()
             else:
-                await asyncio.sleep(gap)
+                await asyncio.sleep(max(0.0, start + at[i] - time.perf_counter()))
                 senders.append(asyncio.create_task(self.send(data)))
         await asyncio.gather(listener, *senders)
         return [(self.answered[m] - self.sent[m]) * 1000 for m in self.sent]
@@ -128,9 +123,15 @@ async def scenario(session: aiohttp.ClientSession, users: int, images: list[byte
                    rate: float | None = None) -> dict[str, float]:
     """``users`` concurrent users sharing ``images``; ``rate`` photos/s in total, or as fast as answered."""
     per_user = [images[i::users] for i in range(users)]
-    interval = users / rate if rate else None
+    schedule: list[list[float] | None] = [None] * users
+    if rate:
+        # One Poisson process of ``rate`` photos/s shared out among the users in turn: people do not
+        # press "send" in step (a fixed interval per user would send a whole round in one instant,
+        # measuring a burst instead of a rate), and the run lasts about photos / rate seconds.
+        arrivals = np.cumsum(np.random.default_rng(first_user).exponential(1.0 / rate, len(images)))
+        schedule = [list(arrivals[i::users]) for i in range(users)]
     started = time.perf_counter()
-    results = await asyncio.gather(*(User(session, first_user + i).run(chunk, interval)
+    results = await asyncio.gather(*(User(session, first_user + i).run(chunk, schedule[i])
                                      for i, chunk in enumerate(per_user)))
     wall = time.perf_counter() - started
     latencies = sorted(x for r in results for x in r)

@@ -4,10 +4,12 @@
 #   bash scripts/build-starter-model.sh            # audit labels, fine-tune twice, copy into models/starter
 #   DATA=/path/to/air-jordan bash scripts/build-starter-model.sh
 #
-# About 2 h on a 2-core CPU, in three steps: a label audit; a fine-tune of EfficientNet-Lite0
-# blocks 8-15 + head at 160 px (9 epochs); then the same blocks at 192 px for 5 epochs, warm
-# started from the first run (`--init-from`: the model already knows the sneakers, the larger
-# input adds detail; cheaper than a whole run at 192 px). Every epoch is checkpointed: if the
+# About 2.5 h on a 2-core CPU, in four steps: a label audit; a fine-tune of EfficientNet-Lite0
+# blocks 8-15 + head at 160 px (9 epochs); the same blocks at 192 px for 5 epochs, warm started
+# from the first run (`--init-from`: the model already knows the sneakers, the larger input
+# adds detail; cheaper than a whole run at 192 px); then 4 epochs with stronger augmentation
+# (random-resized crops, random erasing), warm started again, because the model had come to
+# fit its train set (99% train, 84% val). Every epoch is checkpointed: if the
 # script is interrupted, run it again and it continues where it stopped (each run resumes
 # from its own checkpoints/last.pt; a finished run is only shipped).
 set -euo pipefail
@@ -15,7 +17,8 @@ cd "$(dirname "$0")/.."
 
 DATA="${DATA:-../shared/datasets/air-jordan}"
 STAGE1="${STAGE1:-var/starter-train}"
-RUN="${RUN:-var/train-192}"
+STAGE2="${STAGE2:-var/train-192}"
+RUN="${RUN:-var/train-192-strong}"
 AUDIT="${AUDIT:-var/audit/flagged.csv}"
 OUT="models/starter"
 SB=".venv/bin/sneakerbot"
@@ -38,16 +41,27 @@ else
 fi
 
 # 3. the same blocks at 192 px, warm started from step 2
+if finished "$STAGE2"; then
+    echo "$STAGE2 is finished"
+elif [ -f "$STAGE2/checkpoints/last.pt" ]; then
+    "$SB" train "$DATA" --mode finetune --out "$STAGE2" --resume --threads "$THREADS" --no-progress
+else
+    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 5 --image-size 192 \
+        --trainable-stages 9 --lr 4e-4 --init-from "$STAGE1" --exclude "$AUDIT" --threads "$THREADS" \
+        --out "$STAGE2" --no-progress
+fi
+
+# 4. stronger augmentation, warm started from step 3
 if finished "$RUN"; then
     echo "$RUN is finished: shipping it"
 elif [ -f "$RUN/checkpoints/last.pt" ]; then
     "$SB" train "$DATA" --mode finetune --out "$RUN" --resume --threads "$THREADS" --no-progress
 else
-    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 5 --image-size 192 \
-        --trainable-stages 9 --lr 4e-4 --init-from "$STAGE1" --exclude "$AUDIT" --threads "$THREADS" \
-        --out "$RUN" --no-progress
+    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 4 --image-size 192 \
+        --trainable-stages 9 --lr 3e-4 --augment strong --init-from "$STAGE2" --exclude "$AUDIT" \
+        --threads "$THREADS" --out "$RUN" --no-progress
 fi
-# 4. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
+# 5. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
 rm -rf "$OUT.new"
 mkdir -p "$OUT.new"
 cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/
@@ -62,8 +76,10 @@ predictions of a linear head on frozen EfficientNet-Lite0 features flag images w
 wrong; they are left out of *train* only, `audit.csv`), then two `sneakerbot train --mode finetune` runs with
 the same layout (stem and blocks 0-7 frozen and shared; blocks 8-15 + head conv fine-tuned; a frozen
 pretrained copy of blocks 8-15 + the ImageNet head kept in the same graph for the footwear score): 9 epochs
-at 160 px (`var/starter-train/`), then 5 epochs at 192 px warm started from it (`--init-from`, max lr 4e-4,
-`var/train-192/`, this model). The directory is copied without checkpoints. Weights ship as fp16
+at 160 px (`var/starter-train/`), 5 epochs at 192 px warm started from it (`--init-from`, max lr 4e-4,
+`var/train-192/`), then 4 epochs with `--augment strong` warm started from that (max lr 3e-4,
+`var/train-192-strong/`, this model; chosen over the previous step on val: 84.2% / 90.5% against
+83.8% / 89.2%). The directory is copied without checkpoints. Weights ship as fp16
 (`backbone.pt`, metrics above are measured with exactly these weights); `centroids.npy` holds the mean
 embedding per class of train (the "familiar" rule); `model.onnx` is built on first load into the cache
 directory because the fp32 graph would take this directory over 25 MB. No images are included.
