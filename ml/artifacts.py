@@ -121,10 +121,19 @@ def load_centroids(model_dir: Path, meta: dict) -> np.ndarray | None:
     name = meta.get("files", {}).get("centroids")
     if not name:
         return None
-    centroids = np.load(Path(model_dir) / name).astype(np.float32)
+    centroids = np.load(Path(model_dir) / name)
     if centroids.shape[0] != len(meta["classes"]):
         raise ModelDirError(f"{model_dir}: {name} has {centroids.shape[0]} rows for {len(meta['classes'])} classes")
-    return centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return as_shipped(centroids)
+
+
+def as_shipped(centroids: np.ndarray) -> np.ndarray:
+    """Centroids as the Predictor uses them: through fp16 (as stored), float32, rows L2-normalised.
+
+    Finalising calls this too, so the thresholds calibrated on val see exactly the shipped values.
+    """
+    rows = np.asarray(centroids, dtype=np.float16).astype(np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def round_to_fp16(backbone: Backbone) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.verdicts import VERDICTS, verdicts  # noqa: F401  (verdicts: re-exported for callers)
+from ml.verdicts import VERDICTS, verdicts
 
 # Class subsets reported separately when all their labels are present (the original project's five).
 SUBSETS: dict[str, list[str]] = {

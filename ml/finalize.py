@@ -66,9 +66,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     thresholds = calibrate_thresholds(val_probs, y_val, val_fw, target_precision=cfg.target_precision,
                                       footwear_quantile=cfg.footwear_quantile,
                                       method="imagenet" if imagenet_valid else "centroid",
-                                      familiarity=val_familiar,
-                                      # getattr: a run started before the field existed finalises with new code
-                                      familiar_quantile=getattr(cfg, "familiar_quantile", 0.25))
+                                      familiarity=val_familiar, familiar_quantile=cfg.familiar_quantile)
     metrics = {}
     for split, (part, probs, fw, familiar) in outputs.items():
         y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
@@ -113,8 +111,7 @@ def _run(net: SneakerNet, ds, desc: str, progress: bool,
          centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs, footwear, familiarity) over a dataset; familiarity as the Predictor computes it."""
     probs, footwear, familiar = [], [], []
-    rounded = centroids.astype(np.float16).astype(np.float32)  # as shipped in centroids.npy
-    rounded /= np.maximum(np.linalg.norm(rounded, axis=1, keepdims=True), 1e-12)
+    rounded = artifacts.as_shipped(centroids)
     for images, _ in tqdm(DataLoader(ds, batch_size=64), desc=desc, unit="batch", disable=not progress, leave=False):
         p, embedding, fw = net(images.contiguous(memory_format=torch.channels_last))
         probs.append(p.numpy())

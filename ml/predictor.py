@@ -20,9 +20,9 @@ import torch
 from ml import artifacts
 from ml.artifacts import ClassInfo, ModelInfo
 from ml.errors import ModelDirError
-from ml.verdicts import verdicts
 from ml.images import ImageSource, open_image
 from ml.transforms import eval_transform
+from ml.verdicts import verdicts
 
 log = logging.getLogger(__name__)
 

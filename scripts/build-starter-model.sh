@@ -25,42 +25,29 @@ SB=".venv/bin/sneakerbot"
 THREADS="${THREADS:-2}"
 mkdir -p var
 
-finished() { [ -f "$1/model.json" ] && [ "$1/model.json" -nt "$1/checkpoints/last.pt" ]; }
+# One fine-tuning step into DIR: skipped when finished, resumed from its checkpoint when interrupted,
+# started with the given options otherwise.
+step() {
+    local dir="$1"; shift
+    if [ -f "$dir/model.json" ] && [ "$dir/model.json" -nt "$dir/checkpoints/last.pt" ]; then
+        echo "$dir is finished"
+    elif [ -f "$dir/checkpoints/last.pt" ]; then
+        "$SB" train "$DATA" --mode finetune --out "$dir" --resume --threads "$THREADS" --no-progress
+    else
+        "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --trainable-stages 9 \
+            --exclude "$AUDIT" --threads "$THREADS" --out "$dir" --no-progress "$@"
+    fi
+}
 
 # 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (left out of train only)
 [ -f "$AUDIT" ] || "$SB" audit "$DATA" --image-size 160 --out "$AUDIT" --threads "$THREADS"
-
 # 2. fine-tune at 160 px: one model over all classes
-if finished "$STAGE1"; then
-    echo "$STAGE1 is finished"
-elif [ -f "$STAGE1/checkpoints/last.pt" ]; then
-    "$SB" train "$DATA" --mode finetune --out "$STAGE1" --resume --threads "$THREADS" --no-progress
-else
-    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 9 --image-size 160 \
-        --trainable-stages 9 --exclude "$AUDIT" --threads "$THREADS" --out "$STAGE1" --no-progress
-fi
-
+step "$STAGE1" --epochs 9 --image-size 160
 # 3. the same blocks at 192 px, warm started from step 2
-if finished "$STAGE2"; then
-    echo "$STAGE2 is finished"
-elif [ -f "$STAGE2/checkpoints/last.pt" ]; then
-    "$SB" train "$DATA" --mode finetune --out "$STAGE2" --resume --threads "$THREADS" --no-progress
-else
-    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 5 --image-size 192 \
-        --trainable-stages 9 --lr 4e-4 --init-from "$STAGE1" --exclude "$AUDIT" --threads "$THREADS" \
-        --out "$STAGE2" --no-progress
-fi
-
+step "$STAGE2" --epochs 5 --image-size 192 --lr 4e-4 --init-from "$STAGE1"
 # 4. stronger augmentation, warm started from step 3
-if finished "$RUN"; then
-    echo "$RUN is finished: shipping it"
-elif [ -f "$RUN/checkpoints/last.pt" ]; then
-    "$SB" train "$DATA" --mode finetune --out "$RUN" --resume --threads "$THREADS" --no-progress
-else
-    "$SB" train "$DATA" --mode finetune --backbone efficientnet_lite0 --epochs 4 --image-size 192 \
-        --trainable-stages 9 --lr 3e-4 --augment strong --init-from "$STAGE2" --exclude "$AUDIT" \
-        --threads "$THREADS" --out "$RUN" --no-progress
-fi
+step "$RUN" --epochs 4 --image-size 192 --lr 3e-4 --augment strong --init-from "$STAGE2"
+
 # 5. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
 rm -rf "$OUT.new"
 mkdir -p "$OUT.new"

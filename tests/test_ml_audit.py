@@ -9,7 +9,8 @@ import torch
 
 from ml.audit import audit_labels
 from ml.calibrate import calibrate_thresholds
-from ml.evaluate import compute_metrics, verdicts
+from ml.evaluate import compute_metrics
+from ml.verdicts import verdicts
 
 torch.set_num_threads(1)
 

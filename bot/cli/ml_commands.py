@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         patience=args.patience, aug_views=args.aug_views, flip_view=not args.no_flip_view,
         exclude_file=str(args.exclude) if args.exclude else None,
         init_from=str(args.init_from) if args.init_from else None, augment=args.augment,
-        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None, cache_dir=str(settings.cache_path), threads=args.threads, progress=not args.no_progress,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        cache_dir=str(settings.cache_path), threads=args.threads, progress=not args.no_progress,
     )
     model_dir = run_training(cfg, resume=args.resume, epochs=args.epochs if args.resume else None)
     print(model_dir)
