@@ -188,6 +188,33 @@ def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path
         build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
 
+def test_distilled_finetune_serves_one_branch(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", per_class=6)
+    base = dict(data_dir=str(data), backbone="efficientnet_lite0", mode="finetune", epochs=1, image_size=64,
+                batch_size=6, threads=1, progress=False, trainable_stages=3, distill_imagenet=1.0)
+    model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "a"), **base)))
+    meta = read_model_json(model_dir)
+    assert meta["backbone"]["imagenet_distilled"] and not meta["backbone"]["imagenet_branch"]
+    assert meta["footwear"]["method"] == "imagenet"  # the gate still reads the ImageNet head
+    assert "val_footwear_gap" in meta["history"][0]
+    assert "--distill-imagenet 1" in (model_dir / "README.md").read_text()
+
+    onnx = Predictor.load(model_dir, backend="onnx", cache_dir=tmp_path / "cache", threads=1)
+    eager = Predictor.load(model_dir, backend="torch", threads=1)
+    assert eager._runner.net.backbone.imagenet_tail is None
+    import onnx as onnx_lib
+
+    graph = onnx_lib.load(next((tmp_path / "cache").glob("*.onnx")))
+    assert not any("imagenet_tail" in node.name for node in graph.graph.node)  # one branch in the served graph
+    images = [shape_image(label, 70_000 + i) for i, label in enumerate(SHAPES)]
+    for a, b in zip(onnx.predict(images), eager.predict(images)):
+        assert a.footwear_score == pytest.approx(b.footwear_score, abs=1e-4)
+        assert [g.label for g in a.top] == [g.label for g in b.top]
+    # a distilled model warm-starts the next distilled run (the frozen copy comes from the pretrained weights)
+    again = Path(run_training(TrainConfig(out_dir=str(tmp_path / "b"), init_from=str(model_dir), **base)))
+    assert read_model_json(again)["backbone"]["imagenet_distilled"]
+
+
 @pytest.fixture(scope="module")
 def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Photos a package ships: skimage's cat, coffee cup and astronaut."""
