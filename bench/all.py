@@ -9,7 +9,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS: list[str] = ["bench.accuracy", "bench.speed", "bench.bot_latency", "bench.scrape_speed"]
+BENCHMARKS: list[str] = ["bench.accuracy", "bench.gate", "bench.speed", "bench.bot_latency", "bench.scrape_speed"]
 
 
 def main(argv: list[str] | None = None) -> int:
