@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import render
@@ -47,3 +48,31 @@ async def test_restart_keeps_feedback_and_handles_pending_updates_once(
         assert feedback_rows(second.sessions) == [("correct", "air_jordan_11"), ("wrong", "air_jordan_2")]
         with second.sessions() as session:
             assert len(session.scalars(select(Prediction)).all()) == 3
+
+
+async def test_a_photo_update_delivered_again_is_answered_once(
+        playground: PlaygroundServer, playground_http: httpx.AsyncClient, tmp_path: Path, database_url: str) -> None:
+    """Telegram repeats an update the bot never confirmed (it crashed): one stored answer, sent once."""
+    settings = bot_settings(tmp_path, database_url)
+    user = TestUser(playground_http, user_id=1003)
+    async with running_bot(playground, settings, colour_model()) as bot:
+        photo = await user.send_photo(jpeg_bytes(RED, noise=21))
+        answer = await user.reply()
+        again = playground.state.get_message(photo["chat"]["id"], photo["message_id"])
+        await playground.state.push_update("message", again)  # answered already: nothing more is sent
+        assert await user.quiet(1.0) == []
+
+        # It crashed after storing the answer but before sending it: the repeat sends the stored answer.
+        with bot.sessions.begin() as session:
+            session.execute(update(Prediction).values(reply_message_id=None))
+        await playground.state.push_update("message", again)
+        resent = await user.reply()
+        assert resent["text"] == answer["text"] and resent["reply_to_message"]["message_id"] == photo["message_id"]
+        expected = [(photo["message_id"], resent["message_id"])]
+        for _ in range(50):  # the reply's id is stored just after the reply is sent
+            with bot.sessions() as session:
+                rows = [(p.message_id, p.reply_message_id) for p in session.scalars(select(Prediction))]
+            if rows == expected:
+                break
+            await asyncio.sleep(0.1)
+        assert rows == expected

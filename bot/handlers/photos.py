@@ -68,6 +68,9 @@ async def identify_and_reply(message: Message, file_id: str, context: BotContext
     except PhotoRejected as exc:
         await message.reply_text(render.rejection_text(exc.reason), do_quote=True)
         return
+    if result.reply_message_id is not None:  # the same update again (the bot stopped before confirming it)
+        log.info("message %s in chat %s was answered before: not answering twice", message.message_id, message.chat_id)
+        return
     keyboard = render.answer_keyboard(result, services.limits.search_url_template)
     reply = await message.reply_text(render.answer_text(result), reply_markup=keyboard, do_quote=True)
     await asyncio.to_thread(services.identify.attach_reply, result.prediction_id, reply.message_id)

@@ -55,6 +55,7 @@ class IdentifyResult:
     guesses: list[Guess]
     model_version: int | None
     latency_ms: float
+    reply_message_id: int | None = None  # set when this photo was answered before (a repeated update)
 
 
 class Refiner(Protocol):
@@ -99,6 +100,9 @@ class IdentifyService:
     def identify(self, request: PhotoRequest) -> IdentifyResult:
         """The whole pipeline for one photo; raises ``PhotoRejected`` for unusable files."""
         started = time.perf_counter()
+        earlier = self.earlier_answer(request)
+        if earlier is not None:
+            return earlier
         sha1 = hashlib.sha1(request.data).hexdigest()
         served = self.models.current()
         try:  # decoded once, at the scale the model needs; the bytes are what is kept
@@ -115,6 +119,21 @@ class IdentifyService:
         latency_ms = (time.perf_counter() - started) * 1000
         prediction_id = self.store(request, sha1, pending, served.version, prediction.verdict, guesses, latency_ms)
         return IdentifyResult(prediction_id, prediction.verdict, guesses, served.version, latency_ms)
+
+    def earlier_answer(self, request: PhotoRequest) -> IdentifyResult | None:
+        """The stored answer when this very message was identified before, else None.
+
+        Why: Telegram delivers an update again when the bot stopped before confirming it (a
+        crash, a kill). The photo then gets the answer it already has, stored once, and the
+        handler sends it only if it was never sent.
+        """
+        with self.sessions() as session:
+            row = PredictionRepository(session).for_message(request.chat_id, request.message_id)
+            if row is None:
+                return None
+            guesses = [Guess(g["label"], self.models.display_name(g["label"]), float(g["score"])) for g in row.top]
+            return IdentifyResult(row.id, row.verdict, guesses, row.model_version, row.latency_ms or 0.0,
+                                  row.reply_message_id)
 
     def keep_pending(self, data: bytes, image: Any, sha1: str) -> Path:
         """Keep the photo once per content hash until someone gives feedback.

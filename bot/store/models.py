@@ -54,6 +54,8 @@ class Prediction(Base):
     """One answer the bot gave to one photo. ``id`` is the short id in button data."""
 
     __tablename__ = "predictions"
+    # a photo update Telegram delivers again (the bot crashed before confirming it) finds its answer
+    __table_args__ = (Index("ix_predictions_chat_message", "chat_id", "message_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)

@@ -63,6 +63,12 @@ class PredictionRepository:
         """The prediction, or None."""
         return self.session.get(Prediction, prediction_id)
 
+    def for_message(self, chat_id: int, message_id: int) -> Prediction | None:
+        """The first answer to this photo message, if there is one."""
+        query = (select(Prediction).where(Prediction.chat_id == chat_id, Prediction.message_id == message_id)
+                 .order_by(Prediction.id).limit(1))
+        return self.session.scalars(query).first()
+
     def set_reply(self, prediction_id: int, reply_message_id: int) -> None:
         """Record the bot's answer message, without loading the row first."""
         self.session.execute(
