@@ -20,15 +20,20 @@ BACKBONE = "efficientnet_lite0"
 NAMES = {"air_jordan_1": "Air Jordan 1", "air_jordan_3": "Air Jordan 3", "air_jordan_4": "Air Jordan 4"}
 
 
-@pytest.fixture
-def service(db_sessions: sessionmaker[Session]) -> LearningService:
+def make_service(sessions: sessionmaker[Session], **options: object) -> LearningService:
     return LearningService(
-        db_sessions,
+        sessions,
         MemoryRules(admin_ids=frozenset({ADMIN}), agree_users=3, match_threshold=0.92),
         embed=lambda path: (BACKBONE, np.load(path)),  # photos in these tests are stored embeddings
         current_backbone=lambda: BACKBONE,
         display_name=lambda label: NAMES.get(label, label),
+        **options,
     )
+
+
+@pytest.fixture
+def service(db_sessions: sessionmaker[Session]) -> LearningService:
+    return make_service(db_sessions)
 
 
 def _photo(seed: int) -> np.ndarray:
@@ -60,6 +65,19 @@ def test_a_users_correction_counts_for_them_at_once_and_for_nobody_else(service:
     assert refined.top[0].display_name == "Air Jordan 4"
     assert refined.verdict == "sneaker"
     assert _answer(service, 8, photo) == "air_jordan_1"
+
+
+def test_another_process_sees_a_change_within_the_recheck_time(db_sessions: sessionmaker[Session]) -> None:
+    now = [100.0]
+    writer, reader = make_service(db_sessions), make_service(db_sessions, recheck_s=2.0, clock=lambda: now[0])
+    photo = _photo(2)
+    assert _answer(reader, ADMIN, photo) == "air_jordan_1"  # reads the (empty) memory once
+    writer.remember("b" * 40, ADMIN, "air_jordan_3", BACKBONE, photo, is_admin=True)
+    assert _answer(writer, 9, photo) == "air_jordan_3"  # the writing process at once
+    now[0] += 1.0
+    assert _answer(reader, 9, photo) == "air_jordan_1"  # another process trusts its copy for a moment
+    now[0] += 1.5
+    assert _answer(reader, 9, photo) == "air_jordan_3"  # and then asks the database
 
 
 def test_enough_distinct_users_agreeing_make_it_global(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ GLOBAL = "global"
 PRIVATE = "user"
 #: Memory weight from which a remembered label makes the answer confident.
 CONFIDENT_WEIGHT = 0.5
+# How long a process trusts its copy of the memory before asking the database whether another
+# process (a second bot) changed it. This process's own writes are seen at once.
+RECHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,19 @@ class LearningService:
         embed: Embedder,
         current_backbone: Callable[[], str],
         display_name: Callable[[str], str],
+        recheck_s: float = RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
         self.rules = rules
         self.embed = embed
         self.current_backbone = current_backbone
         self.display_name = display_name
+        self.recheck_s, self._clock = recheck_s, clock
         self._lock = threading.Lock()
         self._fingerprint: tuple | None = None
         self._memory: EmbeddingMemory | None = None
+        self._trusted_until = float("-inf")  # no database check needed before this clock time
 
     # --- FeedbackListener -----------------------------------------------------
     def on_feedback(self, event: FeedbackEvent) -> None:
@@ -147,6 +155,7 @@ class LearningService:
             session.execute(
                 delete(MemoryEntry).where(MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)
             )
+        self._changed()
         log.info("memory: user %s withdrew their label for %s", user_id, image_sha1[:10])
 
     def remember(
@@ -167,6 +176,7 @@ class LearningService:
                 self._admin_decides(session, similar, label)
             else:
                 scope = self._maybe_agreed(session, similar, label) or scope
+        self._changed()
         log.info("memory: user %s labelled %s as %s (%s)", user_id, sha1[:10], label, scope)
         return scope
 
@@ -222,12 +232,27 @@ class LearningService:
         return GLOBAL
 
     # --- the in-process memory ---------------------------------------------------
-    def _current_memory(self, backbone: str, dim: int) -> EmbeddingMemory | None:
+    def _changed(self) -> None:
+        """This process wrote the memory: the next answer reads it again."""
         with self._lock:
-            fingerprint = self._read_fingerprint(backbone)
-            if fingerprint != self._fingerprint or self._memory is None or self._memory.dim != dim:
-                self._memory = self._load(backbone, dim)
-                self._fingerprint = fingerprint
+            self._trusted_until = float("-inf")
+
+    def _current_memory(self, backbone: str, dim: int) -> EmbeddingMemory | None:
+        """The memory for ``backbone``, checked against the database at most every ``recheck_s``.
+
+        Why: the check is an aggregate query, and it ran for every photo (a fifth of the
+        bot's database time per photo under load).
+        """
+        with self._lock:
+            now = self._clock()
+            fresh = (self._memory is not None and self._memory.dim == dim and now < self._trusted_until
+                     and self._fingerprint is not None and self._fingerprint[0] == backbone)
+            if not fresh:
+                fingerprint = self._read_fingerprint(backbone)
+                if fingerprint != self._fingerprint or self._memory is None or self._memory.dim != dim:
+                    self._memory = self._load(backbone, dim)
+                    self._fingerprint = fingerprint
+                self._trusted_until = now + self.recheck_s
             return self._memory if len(self._memory) else None
 
     def _read_fingerprint(self, backbone: str) -> tuple:
