@@ -42,6 +42,18 @@ def per_image(times: tuple[float, float], batch: int) -> tuple[float, float]:
     return times[0] / batch, times[1] / batch
 
 
+def graph_kind(model_dir: Path) -> str:
+    """How the served graph gets its footwear score: the part of the cost a reader should know."""
+    from ml.artifacts import read_model_json
+
+    state = read_model_json(model_dir)["backbone"]
+    if state.get("imagenet_branch"):
+        return f"two branches from block {state.get('split_block')}: fine-tuned + frozen ImageNet copy"
+    if state.get("imagenet_distilled"):
+        return f"one branch, fine-tuned from block {state.get('split_block')} with ImageNet distillation"
+    return "one branch"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "starter")
@@ -83,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     data = jpeg.getvalue()
     end_to_end, end_to_end_best = median_ms(lambda: onnx.predict([data]), args.repeats)
 
-    print(f"threads: {args.threads}; model: {args.model}; load average {os.getloadavg()[0]:.1f} "
-          f"(figures are only comparable on a quiet machine)")
+    print(f"threads: {args.threads}; model: {args.model} ({graph_kind(args.model)}); "
+          f"load average {os.getloadavg()[0]:.1f} (figures are only comparable on a quiet machine)")
     print(f"{'runtime':<13} {'network':<28} {'batch':>5} {'ms/image median':>16} {'best':>7}")
     for runtime, name, batch, (ms, best) in rows:
         print(f"{runtime:<13} {name:<28} {batch:>5} {ms:>16.2f} {best:>7.2f}")
