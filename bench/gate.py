@@ -6,9 +6,9 @@ No non-sneaker photo set is on this machine, so the negatives are the sample pho
 packages ship (scikit-image, scikit-learn, matplotlib: a cat, a cup, people, landscapes,
 textures, text, medical images), each also mirrored, cropped twice and rotated: 5 views of
 24 photos. For each view: the model's verdict, and its footwear score next to the one of the
-stock ImageNet network (``ml.footwear.FootwearDetector``, the frozen teacher). For a model
-whose fine-tuned layers were taught to keep the ImageNet answer (``--distill-imagenet``) the
-two scores should agree; for a two-branch model they are the same network. The real test
+stock ImageNet network (``ml.footwear.FootwearDetector``). A model that keeps a frozen ImageNet
+branch gives the same score; any other way of scoring footwear (a cheaper gate, distilled
+layers) must show here that it still agrees on photos that are not sneakers. The real test
 sneakers' verdict rates come from the model directory's own test metrics.
 """
 

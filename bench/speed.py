@@ -49,8 +49,6 @@ def graph_kind(model_dir: Path) -> str:
     state = read_model_json(model_dir)["backbone"]
     if state.get("imagenet_branch"):
         return f"two branches from block {state.get('split_block')}: fine-tuned + frozen ImageNet copy"
-    if state.get("imagenet_distilled"):
-        return f"one branch, fine-tuned from block {state.get('split_block')} with ImageNet distillation"
     return "one branch"
 
 

@@ -9,9 +9,7 @@ Partial fine-tuning (``prepare_finetune``) freezes the early stages and, for bac
 an ImageNet head, keeps a frozen pretrained copy of the later stages as a second branch,
 so the ImageNet head still sees the features it was trained on after the copy used for
 sneaker features has been fine-tuned. Both branches share the frozen trunk, which keeps the
-extra inference cost to the tail only. With distillation (``distill_outputs`` during
-training, ``drop_imagenet_branch`` after it) the fine-tuned tail learns to keep the ImageNet
-head's answers too, and the copy is dropped: one branch, about a third less inference work.
+extra inference cost to the tail only.
 """
 
 from __future__ import annotations
@@ -99,14 +97,6 @@ class Backbone(nn.Module):
     def finetune_state(self) -> dict:
         """What ``prepare_finetune`` did, saved so a loader can rebuild the same module."""
         return {}
-
-    def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(features, ImageNet logits from the trained layers, from the frozen pretrained ones)."""
-        raise NotImplementedError(f"backbone {self.name!r} cannot distil its ImageNet head")
-
-    def drop_imagenet_branch(self) -> None:
-        """After distillation: serve the ImageNet head from the fine-tuned layers alone."""
-        raise NotImplementedError(f"backbone {self.name!r} has no frozen ImageNet branch")
 
 
 BackboneFactory = Callable[[bool], Backbone]
@@ -197,7 +187,6 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
         self.tail = _EfficientTail(blocks, net._conv_head, net._bn1, nn.ReLU6(), 0, len(blocks), rate)
         self.fc = net._fc
         self.imagenet_tail: _EfficientTail | None = None
-        self.distilled = False  # the fine-tuned tail was taught to keep the ImageNet head's answers
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -216,19 +205,6 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
         feats = self.tail(shared)
         pretrained = self.imagenet_tail(shared) if self.imagenet_tail is not None else feats
         return feats, self.fc(pretrained)
-
-    def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.imagenet_tail is None:
-            raise ValueError("distillation needs the frozen ImageNet tail: fine-tune part of the network")
-        shared = self._trunk(x)
-        feats = self.tail(shared)
-        with torch.no_grad():
-            teacher = self.fc(self.imagenet_tail(shared))
-        return feats, self.fc(feats), teacher
-
-    def drop_imagenet_branch(self) -> None:
-        self.imagenet_tail = None
-        self.distilled = True
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.trunk, *self.tail.blocks, nn.ModuleList([self.tail.conv_head, self.tail.bn])]
@@ -252,15 +228,12 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
         self.trunk.requires_grad_(False)
 
     def finetune_state(self) -> dict:
-        return {"split_block": self.split, "imagenet_branch": self.imagenet_tail is not None,
-                "imagenet_distilled": self.distilled}
+        return {"split_block": self.split, "imagenet_branch": self.imagenet_tail is not None}
 
     def restore_finetune(self, state: dict) -> None:
         """Rebuild the module layout a saved fine-tune used, before loading its weights."""
-        if state.get("imagenet_branch") or state.get("imagenet_distilled"):
+        if state.get("imagenet_branch"):
             self._split_at(int(state.get("split_block", 0)))
-        if state.get("imagenet_distilled"):
-            self.drop_imagenet_branch()
 
 
 def _efficientnet_weights_path() -> Path:

@@ -46,9 +46,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     if finetuned or not cfg.pretrained:
         artifacts.round_to_fp16(backbone)
     class_to_idx = {c: i for i, c in enumerate(classes)}
-    state = backbone.finetune_state()
-    imagenet_valid = backbone.has_imagenet_head and (
-        not finetuned or bool(state.get("imagenet_branch") or state.get("imagenet_distilled")))
+    imagenet_valid = backbone.has_imagenet_head and (not finetuned or backbone.finetune_state().get("imagenet_branch"))
     centroids = _class_centroids(backbone, frame[frame["split"] == "train"], class_to_idx, prep, cfg.progress)
     if imagenet_valid:
         footwear = make_footwear(backbone)
@@ -82,7 +80,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
         "format_version": artifacts.FORMAT_VERSION,
         "version": None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backbone": {"name": cfg.backbone, "finetuned": finetuned, **state,
+        "backbone": {"name": cfg.backbone, "finetuned": finetuned, **backbone.finetune_state(),
                      "feature_dim": backbone.feature_dim},
         "preprocessing": prep.to_dict(),
         "classes": [{"label": c, "display_name": artifacts.display_name(c)} for c in classes],
@@ -249,8 +247,6 @@ def train_command(cfg: dict) -> str:
         parts += ["--augment", cfg["augment"]]
     if cfg.get("init_from"):
         parts += ["--init-from", cfg["init_from"]]
-    if cfg.get("distill_imagenet"):
-        parts += ["--distill-imagenet", f"{cfg['distill_imagenet']:g}"]
     if cfg.get("trainable_stages"):
         parts += ["--trainable-stages", str(cfg["trainable_stages"])]
     if cfg["mode"] == "head":

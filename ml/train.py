@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,6 @@ class TrainConfig:
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
     augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
-    distill_imagenet: float = 0.0  # finetune: weight of keeping the ImageNet head's answers (0: two branches)
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -175,53 +174,6 @@ class FinetuneModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-DISTILL_TEMPERATURE = 2.0
-
-
-def imagenet_distillation(student: torch.Tensor, teacher: torch.Tensor,
-                          temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
-    """How far the trained layers' ImageNet answer is from the frozen layers' one.
-
-    Two terms: KL(teacher || student) over all 1000 classes, softened and scaled by T^2
-    (Hinton et al.), so a cat stays a cat; and the same KL over just two bins, footwear or
-    not, at T = 1, the number the footwear gate reads.
-
-    Why: teaching the fine-tuned layers to keep the ImageNet head's answer lets the served
-    network drop its frozen second branch (a third of the inference work).
-    """
-    t = temperature
-    whole = nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=1),
-                                 nn.functional.log_softmax(teacher / t, dim=1),
-                                 log_target=True, reduction="batchmean") * t * t
-    return whole + _footwear_kl(student, teacher)
-
-
-def _footwear_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL over (footwear, not footwear) at T = 1, in log space so tiny masses stay exact."""
-    from ml.model import IMAGENET_FOOTWEAR
-
-    idx = torch.tensor(sorted(IMAGENET_FOOTWEAR), device=student.device)
-
-    def two_bins(logits: torch.Tensor) -> torch.Tensor:
-        logp = nn.functional.log_softmax(logits, dim=1)
-        shoe = torch.logsumexp(logp.index_select(1, idx), dim=1)
-        rest = torch.log1p(-shoe.exp().clamp(max=1 - 1e-6))
-        return torch.stack([shoe, rest], dim=1)
-
-    return nn.functional.kl_div(two_bins(student), two_bins(teacher), log_target=True, reduction="batchmean")
-
-
-def training_step_loss(model: FinetuneModel, images: torch.Tensor, targets: torch.Tensor,
-                       criterion: nn.Module, distill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class logits, loss): cross-entropy, plus the ImageNet distillation term when ``distill`` > 0."""
-    if not distill:
-        logits = model(images)
-        return logits, criterion(logits, targets)
-    feats, student, teacher = model.backbone.distill_outputs(images)
-    logits = model.head(feats)
-    return logits, criterion(logits, targets) + distill * imagenet_distillation(student, teacher)
-
-
 def build_finetune_model(cfg: TrainConfig, classes: list[str]) -> FinetuneModel:
     """The backbone with its frozen stages and a fresh head (or the weights of ``cfg.init_from``)."""
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and not _is_scratch(cfg.backbone))
@@ -250,8 +202,6 @@ def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> Non
                          f"this run trains {model.backbone.name!r}")
     wanted = model.backbone.state_dict()
     given = {k: v for k, v in source.backbone.state_dict().items() if k in wanted}
-    # a distilled source has no frozen ImageNet copy: this run keeps its own (the same pretrained weights)
-    given.update({k: v for k, v in wanted.items() if k.startswith("imagenet_tail.") and k not in given})
     if set(given) != set(wanted) or any(given[k].shape != wanted[k].shape for k in wanted):
         raise ValueError(f"--init-from {model_dir}: its backbone layout differs from this run's "
                          "(use the same --trainable-stages)")
@@ -271,14 +221,15 @@ def _is_scratch(name: str) -> bool:
 
 def train_one_epoch(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
-                    epoch: int, progress: bool, distill: float = 0.0) -> dict:
+                    epoch: int, progress: bool) -> dict:
     """One pass over train; returns mean loss and accuracy."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", disable=not progress, leave=False)
     for images, targets in bar:
         images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
-        logits, loss = training_step_loss(model, images, targets, criterion, distill)
+        logits = model(images)
+        loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -291,37 +242,21 @@ def train_one_epoch(model: FinetuneModel, loader: DataLoader, criterion: nn.Modu
 
 
 def evaluate_loader(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
-                    device: torch.device, desc: str = "val", progress: bool = True,
-                    distill: bool = False) -> dict:
-    """Loss, top-1 and top-3 accuracy under ``inference_mode``; with ``distill`` also
-    ``footwear_gap``, the mean |footwear mass of the trained layers - of the frozen ones|."""
+                    device: torch.device, desc: str = "val", progress: bool = True) -> dict:
+    """Loss, top-1 and top-3 accuracy under ``inference_mode``."""
     model.eval()
-    total, top1, top3, loss_sum, gap_sum = 0, 0, 0, 0.0, 0.0
+    total, top1, top3, loss_sum = 0, 0, 0, 0.0
     with torch.inference_mode():
         for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
             images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
-            if distill:
-                feats, student, teacher = model.backbone.distill_outputs(images)
-                logits = model.head(feats)
-                gap_sum += float((_footwear_mass(student) - _footwear_mass(teacher)).abs().sum())
-            else:
-                logits = model(images)
+            logits = model(images)
             loss_sum += float(criterion(logits, targets)) * len(targets)
             k = min(3, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
             top1 += int((topk[:, 0] == targets).sum())
             top3 += int((topk == targets[:, None]).any(1).sum())
             total += len(targets)
-    out = {"loss": loss_sum / max(total, 1), "acc": top1 / max(total, 1), "top3": top3 / max(total, 1)}
-    if distill:
-        out["footwear_gap"] = gap_sum / max(total, 1)
-    return out
-
-
-def _footwear_mass(imagenet_logits: torch.Tensor) -> torch.Tensor:
-    from ml.model import ImageNetFootwear
-
-    return ImageNetFootwear()(imagenet_logits, imagenet_logits)
+    return {"loss": loss_sum / max(total, 1), "acc": top1 / max(total, 1), "top3": top3 / max(total, 1)}
 
 
 def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None = None) -> Path:
@@ -337,7 +272,8 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     state = None
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
-        cfg = TrainConfig(**{**state["config"], "out_dir": str(out)})  # the run may have been moved
+        known = {f.name for f in fields(TrainConfig)}  # a checkpoint of other code may hold other keys
+        cfg = TrainConfig(**{**{k: v for k, v in state["config"].items() if k in known}, "out_dir": str(out)})
         if epochs and epochs != cfg.epochs:
             log.info("resume: planned epochs %d -> %d", cfg.epochs, epochs)
             cfg.epochs = epochs
@@ -394,19 +330,15 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
             log.info("early stop: val accuracy did not improve for %d epochs", stale)
             break
         t0 = time.time()
-        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress,
-                             distill=cfg.distill_imagenet)
-        va = evaluate_loader(model, val_loader, eval_criterion, device, progress=cfg.progress,
-                             distill=cfg.distill_imagenet > 0)
+        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress)
+        va = evaluate_loader(model, val_loader, eval_criterion, device, progress=cfg.progress)
         history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"], "val_top3": va["top3"],
-                        **({"val_footwear_gap": round(va["footwear_gap"], 5)} if "footwear_gap" in va else {}),
                         "seconds": round(time.time() - t0, 1)})
         improved = va["acc"] > best_acc
         best_acc, stale = (va["acc"], 0) if improved else (best_acc, stale + 1)
-        log.info("epoch %d/%d train loss %.3f acc %.3f | val loss %.3f acc %.3f top3 %.3f%s | %.0fs%s",
+        log.info("epoch %d/%d train loss %.3f acc %.3f | val loss %.3f acc %.3f top3 %.3f | %.0fs%s",
                  epoch + 1, cfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], va["top3"],
-                 f" footwear gap {va['footwear_gap']:.4f}" if "footwear_gap" in va else "",
                  time.time() - t0, " *" if improved else "")
         if improved:
             torch.save({"model": model.state_dict(), "epoch": epoch, "val_acc": va["acc"]}, best_path)
@@ -419,8 +351,6 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
         (out / "history.json").write_text(json.dumps(history, indent=1))
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])
-    if cfg.distill_imagenet:
-        model.backbone.drop_imagenet_branch()
     from ml.finalize import finalize_model  # imported late on purpose: a long run picks up fixes
 
     return finalize_model(cfg, model.backbone.cpu(), model.head.cpu(), classes, frame, prep, history, snapshot)
