@@ -98,6 +98,10 @@ class Backbone(nn.Module):
         """What ``prepare_finetune`` did, saved so a loader can rebuild the same module."""
         return {}
 
+    def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, ImageNet logits from the trained layers, from the frozen pretrained ones)."""
+        raise NotImplementedError(f"backbone {self.name!r} has no frozen ImageNet branch to distil from")
+
 
 BackboneFactory = Callable[[bool], Backbone]
 _REGISTRY: dict[str, BackboneFactory] = {}
@@ -205,6 +209,15 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
         feats = self.tail(shared)
         pretrained = self.imagenet_tail(shared) if self.imagenet_tail is not None else feats
         return feats, self.fc(pretrained)
+
+    def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.imagenet_tail is None:
+            raise ValueError("distillation needs the frozen ImageNet tail: fine-tune part of the network")
+        shared = self._trunk(x)
+        feats = self.tail(shared)
+        with torch.no_grad():
+            teacher = self.fc(self.imagenet_tail(shared))
+        return feats, self.fc(feats), teacher
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.trunk, *self.tail.blocks, nn.ModuleList([self.tail.conv_head, self.tail.bn])]

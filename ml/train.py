@@ -62,6 +62,7 @@ class TrainConfig:
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
     augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
+    distill_imagenet: float = 0.0  # finetune: weight of keeping the frozen ImageNet head's answer (a regulariser)
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -174,6 +175,54 @@ class FinetuneModel(nn.Module):
         return self.head(self.backbone(x))
 
 
+DISTILL_TEMPERATURE = 2.0
+
+
+def imagenet_distillation(student: torch.Tensor, teacher: torch.Tensor,
+                          temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+    """How far the fine-tuned layers' ImageNet answer is from the frozen layers' one.
+
+    Two terms: KL(teacher || student) over all 1000 classes, softened and scaled by T^2
+    (Hinton et al.), and the same KL over two bins, footwear or not, at T = 1.
+
+    Why: as in "learning without forgetting", keeping the pretrained answer regularises the
+    fine-tune on a few thousand noisy photos (measured at 224 px: val top-3 91.0 % against
+    90.3 % without it). It does not make the fine-tuned layers a footwear gate: on photos that
+    are not sneakers they still drift (``bench.gate``), so the frozen branch stays in the graph.
+    """
+    t = temperature
+    whole = nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=1),
+                                 nn.functional.log_softmax(teacher / t, dim=1),
+                                 log_target=True, reduction="batchmean") * t * t
+    return whole + _footwear_kl(student, teacher)
+
+
+def _footwear_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL over (footwear, not footwear) at T = 1, in log space so tiny masses stay exact."""
+    from ml.model import IMAGENET_FOOTWEAR
+
+    idx = torch.tensor(sorted(IMAGENET_FOOTWEAR), device=student.device)
+
+    def two_bins(logits: torch.Tensor) -> torch.Tensor:
+        logp = nn.functional.log_softmax(logits, dim=1)
+        shoe = torch.logsumexp(logp.index_select(1, idx), dim=1)
+        rest = torch.log1p(-shoe.exp().clamp(max=1 - 1e-6))
+        return torch.stack([shoe, rest], dim=1)
+
+    return nn.functional.kl_div(two_bins(student), two_bins(teacher), log_target=True, reduction="batchmean")
+
+
+def training_step_loss(model: FinetuneModel, images: torch.Tensor, targets: torch.Tensor,
+                       criterion: nn.Module, distill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits, loss): cross-entropy, plus the ImageNet distillation term when ``distill`` > 0."""
+    if not distill:
+        logits = model(images)
+        return logits, criterion(logits, targets)
+    feats, student, teacher = model.backbone.distill_outputs(images)
+    logits = model.head(feats)
+    return logits, criterion(logits, targets) + distill * imagenet_distillation(student, teacher)
+
+
 def build_finetune_model(cfg: TrainConfig, classes: list[str]) -> FinetuneModel:
     """The backbone with its frozen stages and a fresh head (or the weights of ``cfg.init_from``)."""
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and not _is_scratch(cfg.backbone))
@@ -221,15 +270,14 @@ def _is_scratch(name: str) -> bool:
 
 def train_one_epoch(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
-                    epoch: int, progress: bool) -> dict:
+                    epoch: int, progress: bool, distill: float = 0.0) -> dict:
     """One pass over train; returns mean loss and accuracy."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", disable=not progress, leave=False)
     for images, targets in bar:
         images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
-        logits = model(images)
-        loss = criterion(logits, targets)
+        logits, loss = training_step_loss(model, images, targets, criterion, distill)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -330,7 +378,8 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
             log.info("early stop: val accuracy did not improve for %d epochs", stale)
             break
         t0 = time.time()
-        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress)
+        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress,
+                             distill=cfg.distill_imagenet)
         va = evaluate_loader(model, val_loader, eval_criterion, device, progress=cfg.progress)
         history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"], "val_top3": va["top3"],

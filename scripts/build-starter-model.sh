@@ -4,12 +4,13 @@
 #   bash scripts/build-starter-model.sh            # audit labels, fine-tune twice, copy into models/starter
 #   DATA=/path/to/air-jordan bash scripts/build-starter-model.sh
 #
-# About 2.5 h on a 2-core CPU, in four steps: a label audit; a fine-tune of EfficientNet-Lite0
+# About 3 h on a 2-core CPU, in five steps: a label audit; a fine-tune of EfficientNet-Lite0
 # blocks 8-15 + head at 160 px (9 epochs); the same blocks at 192 px for 5 epochs, warm started
 # from the first run (`--init-from`: the model already knows the sneakers, the larger input
 # adds detail; cheaper than a whole run at 192 px); then 4 epochs with stronger augmentation
 # (random-resized crops, random erasing), warm started again, because the model had come to
-# fit its train set (99% train, 84% val). Every epoch is checkpointed: if the
+# fit its train set (99% train, 84% val); then 5 epochs of the same at 224 px, the backbone's
+# own input size, warm started from that. Every epoch is checkpointed: if the
 # script is interrupted, run it again and it continues where it stopped (each run resumes
 # from its own checkpoints/last.pt; a finished run is only shipped).
 set -euo pipefail
@@ -18,7 +19,8 @@ cd "$(dirname "$0")/.."
 DATA="${DATA:-../shared/datasets/air-jordan}"
 STAGE1="${STAGE1:-var/starter-train}"
 STAGE2="${STAGE2:-var/train-192}"
-RUN="${RUN:-var/train-192-strong}"
+STAGE3="${STAGE3:-var/train-192-strong}"
+RUN="${RUN:-var/train-224}"
 AUDIT="${AUDIT:-var/audit/flagged.csv}"
 OUT="models/starter"
 SB=".venv/bin/sneakerbot"
@@ -46,9 +48,11 @@ step "$STAGE1" --epochs 9 --image-size 160
 # 3. the same blocks at 192 px, warm started from step 2
 step "$STAGE2" --epochs 5 --image-size 192 --lr 4e-4 --init-from "$STAGE1"
 # 4. stronger augmentation, warm started from step 3
-step "$RUN" --epochs 4 --image-size 192 --lr 3e-4 --augment strong --init-from "$STAGE2"
+step "$STAGE3" --epochs 4 --image-size 192 --lr 3e-4 --augment strong --init-from "$STAGE2"
+# 5. the same at 224 px, warm started from step 4
+step "$RUN" --epochs 5 --image-size 224 --lr 3e-4 --augment strong --init-from "$STAGE3"
 
-# 5. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
+# 6. ship: the model directory without checkpoints (ONNX is rebuilt on first load when it would not fit 25 MB)
 rm -rf "$OUT.new"
 mkdir -p "$OUT.new"
 cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/

@@ -63,3 +63,34 @@ def test_partial_finetune_keeps_a_frozen_imagenet_branch() -> None:
     after = backbone.imagenet_tail.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen branch untouched (BN stats too)
     assert not torch.equal(backbone.tail.conv_head.weight, backbone.imagenet_tail.conv_head.weight)
+
+
+def test_distillation_pulls_the_trained_tail_toward_the_frozen_imagenet_answer() -> None:
+    from ml.train import imagenet_distillation
+
+    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    backbone.prepare_finetune(3)
+    x = torch.randn(4, 3, 64, 64)
+    feats, student, teacher = backbone.eval().distill_outputs(x)
+    assert feats.shape == (4, 1280) and student.shape == teacher.shape == (4, 1000)
+    assert torch.allclose(student, teacher, atol=1e-4)  # nothing trained yet: the same answer
+    assert float(imagenet_distillation(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(imagenet_distillation(torch.randn(4, 1000), teacher)) > 0.1
+    shoe = teacher.clone()
+    shoe[:, 770] += 8.0  # mass moved onto "running shoe" alone is penalised too
+    assert float(imagenet_distillation(shoe, teacher)) > 0.1
+
+    opt = torch.optim.Adam([p for p in backbone.parameters() if p.requires_grad], lr=1e-3)
+    backbone.tail.conv_head.weight.data.mul_(1.5)  # a fine-tuned tail that has drifted
+    losses = []
+    for _ in range(4):  # eval mode: running BN statistics, no drop-connect, so losses compare
+        _, student, teacher = backbone.distill_outputs(x)
+        loss = imagenet_distillation(student, teacher)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in backbone.imagenet_tail.parameters())  # the teacher stays frozen
+    with pytest.raises(NotImplementedError):
+        create_backbone("simple_cnn", pretrained=False).distill_outputs(x)

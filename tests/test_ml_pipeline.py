@@ -192,6 +192,18 @@ def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path
         build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
 
+def test_distillation_as_a_regulariser_keeps_the_frozen_branch(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", per_class=6)
+    config = TrainConfig(data_dir=str(data), out_dir=str(tmp_path / "m"), backbone="efficientnet_lite0",
+                         mode="finetune", epochs=1, image_size=64, batch_size=6, threads=1, progress=False,
+                         trainable_stages=3, distill_imagenet=1.0)
+    model_dir = Path(run_training(config))
+    meta = read_model_json(model_dir)
+    assert meta["backbone"]["imagenet_branch"] and meta["footwear"]["method"] == "imagenet"
+    assert meta["config"]["distill_imagenet"] == 1.0
+    assert "--distill-imagenet 1" in (model_dir / "README.md").read_text()  # made again with the same option
+
+
 @pytest.fixture(scope="module")
 def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Photos a package ships: skimage's cat, coffee cup and astronaut."""
