@@ -247,7 +247,7 @@ def train_command(cfg: dict) -> str:
         parts += ["--augment", cfg["augment"]]
     if cfg.get("init_from"):
         parts += ["--init-from", cfg["init_from"]]
-    if cfg.get("distill_imagenet"):
+    if cfg.get("distill_imagenet") and cfg["mode"] == "finetune":
         parts += ["--distill-imagenet", f"{cfg['distill_imagenet']:g}"]
     if cfg.get("trainable_stages"):
         parts += ["--trainable-stages", str(cfg["trainable_stages"])]
