@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped starter model (models/starter/) from the Air Jordan photos.
 #
-#   bash scripts/build-starter-model.sh            # audit labels, fine-tune twice, copy into models/starter
+#   bash scripts/build-starter-model.sh            # audit labels, fine-tune four times, copy into models/starter
 #   DATA=/path/to/air-jordan bash scripts/build-starter-model.sh
 #
 # About 3 h on a 2-core CPU, in five steps: a label audit; a fine-tune of EfficientNet-Lite0

@@ -240,7 +240,7 @@ class LearningService:
     def _current_memory(self, backbone: str, dim: int) -> EmbeddingMemory | None:
         """The memory for ``backbone``, checked against the database at most every ``recheck_s``.
 
-        Why: the check is an aggregate query, and it ran for every photo (a fifth of the
+        Why: the check is an aggregate query, and it ran for every photo (over a quarter of the
         bot's database time per photo under load).
         """
         with self._lock:
