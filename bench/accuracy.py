@@ -7,7 +7,9 @@ Class sets: ``air_jordan_1..5`` (the original project's five; its 93% is the num
 trained on, so each set is reported twice: *among all classes* (the model may answer any of
 its classes, what the bot does) and *restricted* (its answer is the most probable class of
 the set, the setting of a model trained on just those classes). Test images are the test
-split of each model's own seeded split, which training never saw.
+split of each model's own seeded split, which training never saw, without the photos its
+label audit set aside (``audit.csv`` in the model directory; ``plots/audit.png`` shows them).
+One more row, ``all, as scraped``, keeps those photos with their folder labels.
 
 ``--train-heads`` first trains head-mode models (frozen backbone + linear head, cached
 embeddings) for every backbone whose weights are on this machine, into ``var/bench/``.
@@ -38,6 +40,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bo
     from ml.data import index_dataset, split_dataset
     from ml.evaluate import topk_hits
     from ml.predictor import Predictor
+    from ml.train import read_exclusions
 
     predictor = Predictor.load(model_dir, backend="onnx", threads=threads,
                                cache_dir=ROOT / "var" / "cache" / "onnx")
@@ -46,6 +49,8 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bo
                           val=float(cfg.get("val_fraction", 0.15)), test=float(cfg.get("test_fraction", 0.15)))
     labels = predictor.labels
     test = frame[(frame["split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
+    audit = Path(model_dir) / "audit.csv"
+    flagged = test["sha1"].isin(read_exclusions(audit)).to_numpy() if audit.is_file() else np.zeros(len(test), bool)
     probs = predictor.predict_arrays(list(test["path"]), batch_size=32)[0]
     if tta:
         from PIL import ImageOps
@@ -58,13 +63,16 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bo
     y = np.array([index[label] for label in test["label"]])
     out = {"model": str(model_dir), "backbone": predictor.info.backbone,
            "mode": cfg.get("mode") + ("+flipTTA" if tta else ""), "image_size": predictor.info.preprocessing.size,
-           "sets": {}}
-    for name, members in CLASS_SETS.items():
+           "audit_flagged_test_images": int(flagged.sum()), "sets": {}}
+    sets = [(name, members, ~flagged) for name, members in CLASS_SETS.items()]
+    if flagged.any():
+        sets.append(("all, as scraped", None, np.ones(len(test), bool)))
+    for name, members, keep in sets:
         members = [m for m in (members or labels) if m in index]
         if not members:
             continue
         cols = np.array([index[m] for m in members])
-        rows = np.isin(y, cols)
+        rows = np.isin(y, cols) & keep
         sub_probs, sub_y = probs[rows], y[rows]
         remap = {c: j for j, c in enumerate(cols)}
         ry = np.array([remap[v] for v in sub_y])

@@ -13,7 +13,7 @@ sent to reply received), photos per second, the CPU time per photo of each proce
 load average: on a shared machine the CPU figures are the ones that mean something.
 
     .venv/bin/python -m bench.bot_latency [--photos 60] [--rate 20] [--overall-rate 0] [--model DIR]
-                                          [--database-url URL]
+                                          [--database-url URL] [--photos-from DIR|synthetic]
 """
 
 from __future__ import annotations
@@ -42,9 +42,33 @@ WARM_UP = 6
 RATE_LIMIT_PER_MINUTE = 1_000_000
 
 
-def photos(count: int, size: tuple[int, int] = (800, 600)) -> list[bytes]:
+DEFAULT_PHOTOS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "air-jordan"
+
+
+def photos(count: int, source: Path | None = None, *, seed: int = 0) -> list[bytes]:
+    """``count`` distinct phone-size JPEGs: real sneaker photos from ``source`` (a folder of class
+    folders) when given, else synthetic ones. Real ones matter: the model skips its footwear
+    branch for sneakers it knows, so synthetic photos measure the slower path only."""
+    if source is None:
+        return synthetic_photos(count, seed=seed)
+    files = sorted(p for p in source.glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    picked = np.random.default_rng(seed).choice(len(files), min(count, len(files)), replace=False)
+    return [phone_jpeg(Image.open(files[i])) for i in picked]
+
+
+def phone_jpeg(image: Image.Image, longest: int = 800) -> bytes:
+    """The photo re-encoded at ``longest`` px on its longer side, as a phone would send it (decode cost included)."""
+    image = image.convert("RGB")
+    scale = longest / max(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def synthetic_photos(count: int, size: tuple[int, int] = (800, 600), *, seed: int = 0) -> list[bytes]:
     """Distinct JPEGs of phone-photo size (smooth gradients plus noise, so they compress like photos)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     result = []
     for _ in range(count):
         ends = rng.integers(0, 255, (2, 3))
@@ -139,11 +163,11 @@ async def scenario(session: aiohttp.ClientSession, users: int, images: list[byte
             "p95_ms": latencies[max(0, int(round(0.95 * len(latencies))) - 1)], "photos_per_s": len(latencies) / wall}
 
 
-def users_process(url: str, count: int, rate: float, out: Queue) -> None:
+def users_process(url: str, count: int, rate: float, source: Path | None, out: Queue) -> None:
     """The simulated users in their own process; puts (rows, CPU seconds spent sending and waiting)."""
 
     async def run() -> None:
-        images, warm_up = photos(count), photos(WARM_UP)
+        images, warm_up = photos(count, source), photos(WARM_UP, source, seed=1)
         connector = aiohttp.TCPConnector(limit=0)  # every user's long poll and sends at once
         async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
             await scenario(session, 2, warm_up, first_user=900)
@@ -208,7 +232,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[list[dict[str, float]], d
             if not await asyncio.to_thread(ready.wait, 300):
                 raise SystemExit("the bot did not start")
             load = os.getloadavg()[0]
-            users = context.Process(target=users_process, args=(server.url, args.photos, args.rate, results))
+            users = context.Process(target=users_process, args=(server.url, args.photos, args.rate, photo_source(args), results))
             users.start()
             # The bot's and the server's CPU are counted from here (the warm-up is included, a few photos).
             measure.set()
@@ -225,8 +249,17 @@ async def run_bench(args: argparse.Namespace) -> tuple[list[dict[str, float]], d
     return rows, {"bot": bot_seconds, "server": server_cpu, "users": users_cpu}, load
 
 
-def report(rows: list[dict[str, float]], cpu: dict[str, float], load: float) -> None:
+def photo_source(args: argparse.Namespace) -> Path | None:
+    """The folder of real photos to send, or None for synthetic ones."""
+    if args.photos_from == "synthetic":
+        return None
+    folder = Path(args.photos_from) if args.photos_from else DEFAULT_PHOTOS
+    return folder if folder.is_dir() else None
+
+
+def report(rows: list[dict[str, float]], cpu: dict[str, float], load: float, source: Path | None) -> None:
     """The table and the CPU per photo of each process."""
+    print(f"photos: {f'real sneaker photos from {source}, re-encoded at 800 px' if source else 'synthetic'}")
     print(f"{'users':>5} {'sending':>17} {'photos':>6} {'p50 ms':>8} {'p95 ms':>8} {'photos/s':>9}")
     for row in rows:
         mode = f"{row['offered']:g}/s in total" if row["offered"] else "after each answer"
@@ -248,13 +281,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "Telegram limit; the bot's own default of 30/s caps a photo, which makes two "
                              "chat-bound calls, at 15/s)")
     parser.add_argument("--model", help="model directory (default: the starter model)")
+    parser.add_argument("--photos-from", help="a folder of class folders of sneaker photos (default: "
+                        "../shared/datasets/air-jordan when present), or 'synthetic'")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in a temp dir)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the three scenarios and print the figures."""
-    report(*asyncio.run(run_bench(parse_args(argv))))
+    args = parse_args(argv)
+    report(*asyncio.run(run_bench(args)), photo_source(args))
     return 0
 
 

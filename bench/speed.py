@@ -2,7 +2,8 @@
 
     python -m bench.speed [--model models/starter] [--threads 2] [--repeats 60]
 
-Rows: the model with ONNX Runtime, the same model in eager PyTorch, and eager ResNet18 at
+Rows: the model with ONNX Runtime (the whole network, and without the footwear branch, which
+the predictor skips for photos it knows), the same model in eager PyTorch, and eager ResNet18 at
 224 px (the original project's model; timing does not depend on its weights, so it is built
 without them) as the reference. "model" times are the network only, on preprocessed tensors;
 "end-to-end" adds decoding and preprocessing of a typical 270x190 JPEG. Medians of
@@ -42,13 +43,20 @@ def per_image(times: tuple[float, float], batch: int) -> tuple[float, float]:
     return times[0] / batch, times[1] / batch
 
 
+def full(predictor, x: np.ndarray) -> object:
+    """The whole network, the footwear branch included (the cost for a photo the model does not know)."""
+    out = predictor._runner(x)
+    return out if out.shared is None else predictor._runner.gate(out.shared)
+
+
 def graph_kind(model_dir: Path) -> str:
     """How the served graph gets its footwear score: the part of the cost a reader should know."""
     from ml.artifacts import read_model_json
 
     state = read_model_json(model_dir)["backbone"]
     if state.get("imagenet_branch"):
-        return f"two branches from block {state.get('split_block')}: fine-tuned + frozen ImageNet copy"
+        return (f"two branches from block {state.get('split_block')}: fine-tuned + frozen ImageNet copy, "
+                "the second skipped for photos it knows")
     return "one branch"
 
 
@@ -83,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         warmup = 5 if batch == 1 else 1
         reps = max(3, args.repeats // (6 if batch > 1 else 1))
         rows.append(("onnxruntime", f"{onnx.info.backbone}@{size}", batch,
-                     per_image(median_ms(lambda: onnx._runner(x), reps, warmup), batch)))
+                     per_image(median_ms(lambda: full(onnx, x), reps, warmup), batch)))
+        if onnx._runner(x).shared is not None:
+            rows.append(("onnxruntime", f"  known sneaker: no footwear", batch,
+                         per_image(median_ms(lambda: onnx._runner(x), reps, warmup), batch)))
         with torch.inference_mode():
             rows.append(("torch eager", f"{onnx.info.backbone}@{size}", batch, per_image(median_ms(lambda: net(xt), reps, warmup), batch)))
             rows.append(("torch eager", "resnet18@224 (reference)", batch,
@@ -100,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{runtime:<13} {name:<28} {batch:>5} {ms:>16.2f} {best:>7.2f}")
     print(f"end-to-end onnxruntime predict() of one 270x190 JPEG: {end_to_end:.2f} ms (best {end_to_end_best:.2f})")
     onnx1 = next(ms[0] for r, n, b, ms in rows if r == "onnxruntime" and b == 1)
+    known1 = next((ms[0] for r, n, b, ms in rows if "known" in n and b == 1), None)
     res1 = next(ms[0] for r, n, b, ms in rows if "resnet18" in n and b == 1)
-    print(f"ONNX batch-1 (median): {onnx1:.2f} ms/image (target <= 5 ms): {'OK' if onnx1 <= 5 else 'MISSED'}; "
-          f"{res1 / onnx1:.1f}x faster than eager ResNet18 (target >= 3x): {'OK' if res1 / onnx1 >= 3 else 'MISSED'}")
+    print(f"ONNX batch-1 (median, whole network): {onnx1:.2f} ms/image (target <= 5 ms): "
+          f"{'OK' if onnx1 <= 5 else 'MISSED'}; {res1 / onnx1:.1f}x faster than eager ResNet18 (target >= 3x): "
+          f"{'OK' if res1 / onnx1 >= 3 else 'MISSED'}")
+    if known1 is not None:
+        print(f"  a photo it knows skips the footwear branch: {known1:.2f} ms/image "
+              f"({'OK' if known1 <= 5 else 'MISSED'} against 5 ms)")
     return 0
 
 

@@ -82,6 +82,23 @@ class Backbone(nn.Module):
         feats = self(x)
         return feats, (self.imagenet_logits(x) if self.has_imagenet_head else None)
 
+    @property
+    def separate_imagenet_branch(self) -> bool:
+        """True when the ImageNet logits come from a frozen branch of their own after a shared trunk.
+
+        Then the two can run apart (``split_features`` / ``imagenet_from_shared``): the served
+        model skips that branch for photos it already knows (``ml.predictor``).
+        """
+        return False
+
+    def split_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, shared trunk output); only with ``separate_imagenet_branch``."""
+        raise NotImplementedError(f"backbone {self.name!r} has no separate ImageNet branch")
+
+    def imagenet_from_shared(self, shared: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits from the shared trunk output; only with ``separate_imagenet_branch``."""
+        raise NotImplementedError(f"backbone {self.name!r} has no separate ImageNet branch")
+
     def stages(self) -> list[nn.Module]:
         """The backbone's stages in order, the unit of partial freezing."""
         return list(self.children())
@@ -205,10 +222,24 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
         return self.features_and_imagenet(x)[1]
 
     def features_and_imagenet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.imagenet_tail is None:
+            feats = self(x)
+            return feats, self.fc(feats)
+        feats, shared = self.split_features(x)
+        return feats, self.imagenet_from_shared(shared)
+
+    @property
+    def separate_imagenet_branch(self) -> bool:
+        return self.imagenet_tail is not None
+
+    def split_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = self._trunk(x)
-        feats = self.tail(shared)
-        pretrained = self.imagenet_tail(shared) if self.imagenet_tail is not None else feats
-        return feats, self.fc(pretrained)
+        return self.tail(shared), shared
+
+    def imagenet_from_shared(self, shared: torch.Tensor) -> torch.Tensor:
+        if self.imagenet_tail is None:
+            raise NotImplementedError("this EfficientNet-Lite0 has no frozen ImageNet branch")
+        return self.fc(self.imagenet_tail(shared))
 
     def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.imagenet_tail is None:

@@ -10,7 +10,8 @@
 - ``familiar`` (ImageNet footwear score only): the ``familiar_quantile`` quantile of val
   sneakers' cosine similarity to their nearest class centroid, never under
   ``FAMILIAR_FLOOR``. A photo under the footwear threshold but at least this familiar is
-  answered "unsure" instead of "not a sneaker" (``ml.verdicts``). The floor was
+  answered "unsure" instead of "not a sneaker"; from ``max(familiar, KNOWN_FLOOR)`` on, the
+  footwear score is not consulted at all (``ml.verdicts.known_sneaker``). The floor was
   measured on the 160 and 192 px starter models: no non-sneaker sample photo shipped with
   scikit-image, scikit-learn or matplotlib comes above 0.64, while the median test sneaker is
   near 0.8.

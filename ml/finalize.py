@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from ml.calibrate import calibrate_thresholds
 from ml.evaluate import compute_metrics
 from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
 from ml.plots import plot_confusion, plot_curves, plot_examples
+from ml.verdicts import KNOWN_FLOOR
 from ml.transforms import eval_transform
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
         y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
         metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=familiar)
     _plots(out, history, outputs["test"][:3], classes, class_to_idx, cfg)
+    audit = _audit_review(out, net, frame, class_to_idx, prep, cfg, centroids.numpy())
 
     # a backbone that is not the stock pretrained one must ship its weights
     files = artifacts.save_weights(out, net, finetuned=finetuned or not cfg.pretrained)
@@ -90,7 +93,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
         "thresholds": thresholds,
         "metrics": metrics,
         "config": asdict(cfg),
-        "data": snapshot,
+        "data": {**snapshot, **({"audit_review": audit} if audit else {})},
         "history": history,
         "files": {**files, "onnx": None},
     }
@@ -121,6 +124,30 @@ def _run(net: SneakerNet, ds, desc: str, progress: bool,
         empty = np.zeros(0, np.float32)
         return np.zeros((0, net.head.fc.out_features), np.float32), empty, empty
     return np.concatenate(probs), np.concatenate(footwear), np.concatenate(familiar)
+
+
+def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx: dict, prep: Preprocessing,
+                  cfg, centroids: np.ndarray) -> dict | None:
+    """The photos the label audit set aside, next to this model's answer (``plots/audit.png``).
+
+    Why: dropping photos from val and test must be checkable by a person. The model never
+    trained on them; when it mostly names another model than the folder does, the audit was right.
+    """
+    from ml.train import AUDIT_SPLIT, ImageFrameDataset
+
+    part = frame[(frame["split"] == AUDIT_SPLIT) & frame["label"].isin(class_to_idx)].reset_index(drop=True)
+    if not len(part):
+        return None
+    probs = _run(net, ImageFrameDataset(part, class_to_idx, eval_transform(prep)), "audit", cfg.progress,
+                 centroids)[0]
+    y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
+    pred = probs.argmax(1)
+    classes = list(class_to_idx)
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(len(part), min(len(part), EXAMPLES), replace=False))
+    plot_examples(list(part["path"].iloc[pick]), [classes[i] for i in y[pick]], [classes[i] for i in pred[pick]],
+                  list(probs[pick].max(1)), out / "plots" / "audit.png",
+                  title="left out by the label audit: this model's answer (red: not the folder's label)")
+    return {"images": len(part), "model_agrees_with_folder": int((pred == y).sum())}
 
 
 @torch.inference_mode()
@@ -159,9 +186,15 @@ def _plots(out: Path, history: list[dict], test, classes: list[str], class_to_id
 
 
 def _maybe_export_onnx(out: Path, net: SneakerNet, prep: Preprocessing, meta: dict) -> str | None:
-    """Export into the model dir when it fits the size budget; otherwise it is built on first load."""
+    """Export into the model dir when it fits the size budget; otherwise it is built on first load.
+
+    A model with a separate footwear branch is served as two graphs, always built on first
+    load (``ml.predictor``), so it ships none.
+    """
     from ml.onnx_export import export_onnx
 
+    if net.has_gate:
+        return None
     path = out / artifacts.ONNX_FILE
     export_onnx(net, path, prep.size)
     if artifacts.dir_size(out) > MAX_DIR_BYTES:
@@ -173,24 +206,33 @@ def _maybe_export_onnx(out: Path, net: SneakerNet, prep: Preprocessing, meta: di
 
 
 def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFrame, onnx_file: str | None) -> dict:
-    """Max absolute difference between ONNX Runtime and PyTorch outputs on a few val images."""
+    """Max absolute difference between ONNX Runtime (the graphs as served) and PyTorch on a few val images."""
     from ml.images import open_image
-    from ml.onnx_export import export_onnx, onnx_session, run_session
 
-    path = out / onnx_file if onnx_file else export_onnx(net, out / ".check.onnx", prep.size)
-    try:
-        transform = eval_transform(prep)
-        batch = torch.stack([transform(open_image(Path(p), min_side=1)) for p in val["path"].head(8)])
-        if not len(batch):
-            return {}
-        with torch.inference_mode():
-            expected = [t.numpy() for t in net(batch)]
-        got = run_session(onnx_session(path, threads=2), batch.numpy())
-        return {"images": int(len(batch)), "max_abs_diff": {name: float(np.abs(a - b).max()) for name, a, b in
-                                                            zip(("probs", "embedding", "footwear"), expected, got)}}
-    finally:
-        if not onnx_file:
-            path.unlink(missing_ok=True)
+    transform = eval_transform(prep)
+    batch = torch.stack([transform(open_image(Path(p), min_side=1)) for p in val["path"].head(8)]) \
+        if len(val) else None
+    if batch is None:
+        return {}
+    with torch.inference_mode():
+        expected = [t.numpy() for t in net(batch)]
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        got = _served_onnx_outputs(net, batch.numpy(), out / onnx_file if onnx_file else None, Path(tmp), prep.size)
+    return {"images": int(len(batch)), "max_abs_diff": {name: float(np.abs(a - b).max()) for name, a, b in
+                                                        zip(("probs", "embedding", "footwear"), expected, got)}}
+
+
+def _served_onnx_outputs(net: SneakerNet, batch: np.ndarray, shipped: Path | None, tmp: Path,
+                         size: int) -> list[np.ndarray]:
+    """(probs, embedding, footwear) from the ONNX graph(s) the predictor would run."""
+    from ml.onnx_export import export_onnx, export_split, onnx_session, run_classify, run_gate, run_session
+
+    if net.has_gate:
+        graphs = export_split(net, tmp / "classify.onnx", tmp / "gate.onnx", size)
+        probs, embedding, shared = run_classify(onnx_session(graphs.classify, threads=2), batch)
+        return [probs, embedding, run_gate(onnx_session(graphs.gate, threads=2), shared)]
+    path = shipped or export_onnx(net, tmp / "check.onnx", size)
+    return list(run_session(onnx_session(path, threads=2), batch))
 
 
 def write_readme(out: Path, meta: dict) -> Path:
@@ -206,14 +248,15 @@ def write_readme(out: Path, meta: dict) -> Path:
         "",
         f"- Classes: {len(meta['classes'])} ({', '.join(c['display_name'] for c in meta['classes'][:6])}, ...)",
         f"- Data: {meta['data'].get('images')} images, split (seed {cfg['seed']}) "
-        f"{meta['data'].get('splits')}; left out of train by the label audit: "
-        f"{meta['data'].get('excluded_from_train', 0)}",
+        f"{meta['data'].get('splits')}; set aside by the label audit: {_audit_line(meta['data'])}",
         f"- Input: {meta['preprocessing']['size']} px ({meta['preprocessing']['resize']}), "
         f"footwear score: {meta['footwear']['method']}",
         f"- Thresholds (calibrated on val): footwear >= {th['footwear']:.3f}, top-1 confidence >= "
         f"{th['unsure']:.3f} for a sure answer"
         + (f"; a photo under the footwear threshold but at least {th['familiar']:.2f} similar to a class "
-           "centroid is answered \"unsure\", not \"not a sneaker\"" if th.get("familiar") is not None else ""),
+           "centroid is answered \"unsure\", not \"not a sneaker\"; from "
+           f"{max(th['familiar'], KNOWN_FLOOR):.2f} the footwear score is not consulted (nor computed when served)"
+           if th.get("familiar") is not None else ""),
         "",
         "## Metrics",
         "",
@@ -234,6 +277,19 @@ def write_readme(out: Path, meta: dict) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _audit_line(data: dict) -> str:
+    """How many photos the label audit took from each split, and how often this model agrees with their folder."""
+    taken = data.get("excluded_by_audit") or {}
+    if not taken:
+        return "none"
+    text = ", ".join(f"{n} from {split}" for split, n in sorted(taken.items()))
+    review = data.get("audit_review")
+    if review:
+        text += (f"; this model gives {review['model_agrees_with_folder']} of them their folder's label "
+                 "(`plots/audit.png`)")
+    return text
 
 
 def train_command(cfg: dict) -> str:

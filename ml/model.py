@@ -1,7 +1,10 @@
 """The served network: backbone + classifier head + footwear scorer in one module.
 
-One module means one ONNX graph and one PyTorch fallback with the same semantics:
-``forward(x) -> (probs [N, C], embedding [N, D] L2-normalised, footwear [N])``.
+One module means one PyTorch fallback and ONNX graphs with the same semantics:
+``forward(x) -> (probs [N, C], embedding [N, D] L2-normalised, footwear [N])``. When the
+footwear score comes from a frozen ImageNet branch of its own (a partial fine-tune), the
+module also runs in two parts, ``classify(x) -> (probs, embedding, shared)`` and
+``gate(shared) -> footwear``, so that branch can be skipped for photos the model knows.
 """
 
 from __future__ import annotations
@@ -85,6 +88,22 @@ class SneakerNet(nn.Module):
             feats, imagenet = self.backbone.features_and_imagenet(x)
         else:
             feats, imagenet = self.backbone(x), None
-        probs = torch.softmax(self.head(feats), dim=1)
-        embedding = nn.functional.normalize(feats, dim=1)
+        probs, embedding = self._answer(feats)
         return probs, embedding, self.footwear(imagenet, embedding)
+
+    @property
+    def has_gate(self) -> bool:
+        """True when the footwear score has its own branch, which ``gate`` runs apart."""
+        return isinstance(self.footwear, ImageNetFootwear) and self.backbone.separate_imagenet_branch
+
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probs, embedding, shared trunk output) without the footwear branch (needs ``has_gate``)."""
+        feats, shared = self.backbone.split_features(x)
+        return (*self._answer(feats), shared)
+
+    def gate(self, shared: torch.Tensor) -> torch.Tensor:
+        """The footwear score from ``classify``'s shared output (needs ``has_gate``)."""
+        return self.footwear(self.backbone.imagenet_from_shared(shared), None)
+
+    def _answer(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.softmax(self.head(feats), dim=1), nn.functional.normalize(feats, dim=1)

@@ -21,8 +21,9 @@ from ml import artifacts
 from ml.artifacts import ClassInfo, ModelInfo
 from ml.errors import ModelDirError
 from ml.images import ImageSource, open_image
+from ml.onnx_export import SplitGraphs
 from ml.transforms import eval_transform
-from ml.verdicts import verdicts
+from ml.verdicts import known_sneaker, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Prediction:
 
     top: list[Guess]
     verdict: str  # "sneaker" | "unsure" | "not_sneaker"
-    footwear_score: float
+    footwear_score: float | None  # None: not computed, the photo looks like a sneaker the model knows
     embedding: np.ndarray
     familiarity: float | None = None  # cosine similarity to the nearest class centroid
 
@@ -57,7 +58,8 @@ class Prediction:
         """JSON-ready (without the embedding)."""
         return {"top": [{"label": g.label, "display_name": g.display_name, "score": round(g.score, 4)}
                         for g in self.top],
-                "verdict": self.verdict, "footwear_score": round(self.footwear_score, 4),
+                "verdict": self.verdict,
+                "footwear_score": None if self.footwear_score is None else round(self.footwear_score, 4),
                 **({"familiarity": round(self.familiarity, 4)} if self.familiarity is not None else {})}
 
 
@@ -93,8 +95,8 @@ class Predictor:
         info = artifacts.model_info(model_dir, meta)
         classes = artifacts.classes_of(meta)
         if backend == "onnx":
-            path = _onnx_path(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info)
-            runner = _OnnxRunner(path, threads)
+            graphs = _onnx_graphs(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info)
+            runner = _OnnxRunner(graphs, threads)
         else:
             runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads)
         predictor = cls(info, classes, runner, backend, artifacts.load_centroids(model_dir, meta))
@@ -116,11 +118,14 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, k: int = 3, *,
                 batch_size: int = 16) -> list[Prediction]:
-        """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input."""
-        probs, embedding, footwear = self._infer(_as_list(images), batch_size)
-        familiarity = self.familiarity(embedding)
+        """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input.
+
+        The footwear branch runs only for photos that need it (``ml.verdicts.known_sneaker``);
+        the others get ``footwear_score`` None.
+        """
+        probs, embedding, footwear, familiarity = self._infer(_as_list(images), batch_size, gate="needed")
         rule = verdicts(probs, footwear, self.thresholds, familiarity)
-        return [self._prediction(probs[i], embedding[i], float(footwear[i]), rule[i],
+        return [self._prediction(probs[i], embedding[i], _score(footwear[i]), rule[i],
                                  None if familiarity is None else float(familiarity[i]), k)
                 for i in range(len(probs))]
 
@@ -132,26 +137,49 @@ class Predictor:
 
     def embed(self, images: Sequence[ImageSource] | ImageSource, *, batch_size: int = 16) -> np.ndarray:
         """L2-normalised features ``[N, D]`` (the memory's vectors)."""
-        return self._infer(_as_list(images), batch_size)[1]
+        return self._infer(_as_list(images), batch_size, gate="none")[1]
 
     def predict_arrays(self, images: Sequence[ImageSource], *,
                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Raw (probs [N, C], footwear [N], familiarity [N] or None) for evaluation."""
-        probs, embedding, footwear = self._infer(list(images), batch_size)
-        return probs, footwear, self.familiarity(embedding)
+        """Raw (probs [N, C], footwear [N], familiarity [N] or None) for evaluation; footwear for every image."""
+        probs, _, footwear, familiarity = self._infer(list(images), batch_size, gate="all")
+        return probs, footwear, familiarity
 
     # ----------------------------------------------------------------- internals
 
-    def _infer(self, images: list[ImageSource], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _infer(self, images: list[ImageSource], batch_size: int,
+               gate: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(probs, embedding, footwear, familiarity); ``gate``: run the footwear branch for "all", "needed" or "none"."""
         outs = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             batch = torch.stack([self._transform(open_image(img)) for img in chunk]).numpy()
-            outs.append(self._runner(batch))
+            out = self._runner(batch)
+            familiarity = self.familiarity(out.embedding)
+            outs.append((out.probs, out.embedding, self._footwear(out, familiarity, gate), familiarity))
         if not outs:
             n = len(self.classes)
-            return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
-        return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
+            empty = np.zeros(0, np.float32)
+            return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), empty, \
+                (empty if self._centroids is not None else None)
+        probs, embedding, footwear, familiarity = zip(*outs)
+        return (np.concatenate(probs), np.concatenate(embedding), np.concatenate(footwear),
+                None if familiarity[0] is None else np.concatenate(familiarity))
+
+    def _footwear(self, out: _Outputs, familiarity: np.ndarray | None, gate: str) -> np.ndarray:
+        """Footwear scores, from the separate branch only where asked (NaN where it did not run)."""
+        if out.footwear is not None:
+            return out.footwear
+        scores = np.full(len(out.probs), np.nan, np.float32)
+        if gate == "all":
+            need = np.ones(len(scores), dtype=bool)
+        elif gate == "needed":
+            need = ~known_sneaker(familiarity, self.thresholds, len(scores))
+        else:
+            need = np.zeros(len(scores), dtype=bool)
+        if need.any():
+            scores[need] = self._runner.gate(out.shared[need])
+        return scores
 
     def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, verdict: str,
                     familiarity: float | None, k: int) -> Prediction:
@@ -159,6 +187,10 @@ class Predictor:
         top = [Guess(self.classes[i].label, self.classes[i].display_name, float(probs[i])) for i in order]
         return Prediction(top=top, verdict=str(verdict), footwear_score=footwear, embedding=embedding,
                           familiarity=familiarity)
+
+
+def _score(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _optional_float(value: object) -> float | None:
@@ -171,16 +203,36 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
     return list(images)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """One batch through the network: ``footwear`` None when the footwear branch runs apart from ``shared``."""
+
+    probs: np.ndarray
+    embedding: np.ndarray
+    footwear: np.ndarray | None
+    shared: np.ndarray | None = None
+
+
 class _OnnxRunner:
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, graphs: Path | SplitGraphs, threads: int | None) -> None:
         from ml.onnx_export import onnx_session
 
-        self.session = onnx_session(path, threads)
+        split = isinstance(graphs, SplitGraphs)
+        self.session = onnx_session(graphs.classify if split else graphs, threads)
+        self.gate_session = onnx_session(graphs.gate, threads) if split else None
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from ml.onnx_export import run_session
+    def __call__(self, batch: np.ndarray) -> _Outputs:
+        from ml.onnx_export import run_classify, run_session
 
-        return run_session(self.session, batch)
+        if self.gate_session is None:
+            return _Outputs(*run_session(self.session, batch))
+        probs, embedding, shared = run_classify(self.session, batch)
+        return _Outputs(probs, embedding, None, shared)
+
+    def gate(self, shared: np.ndarray) -> np.ndarray:
+        from ml.onnx_export import run_gate
+
+        return run_gate(self.gate_session, shared)
 
 
 class _TorchRunner:
@@ -190,24 +242,45 @@ class _TorchRunner:
             torch.set_num_threads(threads)
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, batch: np.ndarray) -> _Outputs:
         x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+        if self.net.has_gate:
+            probs, embedding, shared = self.net.classify(x)
+            return _Outputs(probs.numpy(), embedding.numpy(), None, shared.numpy())
         probs, embedding, footwear = self.net(x)
-        return probs.numpy(), embedding.numpy(), footwear.numpy()
+        return _Outputs(probs.numpy(), embedding.numpy(), footwear.numpy())
+
+    @torch.inference_mode()
+    def gate(self, shared: np.ndarray) -> np.ndarray:
+        return self.net.gate(torch.from_numpy(shared)).numpy()
 
 
-def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo) -> Path:
-    """The shipped model.onnx, or a cached build of it (exported now if missing)."""
-    shipped = meta.get("files", {}).get("onnx")
-    if shipped and (model_dir / shipped).is_file():
-        return model_dir / shipped
-    cached = cache_dir / f"{artifacts.weights_fingerprint(model_dir, meta)}.onnx"
-    if cached.is_file():
-        return cached
-    from ml.onnx_export import export_onnx
+def _onnx_graphs(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo) -> Path | SplitGraphs:
+    """The ONNX graph(s) to run: two when the footwear branch can be skipped, else the shipped
+    model.onnx or a cached build of it. Builds go into ``cache_dir``, keyed by the weights' sha1,
+    and are exported on first load."""
+    from ml.onnx_export import export_onnx, export_split
 
-    log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
+    key = artifacts.weights_fingerprint(model_dir, meta)
     try:
-        return export_onnx(artifacts.load_net(model_dir, meta), cached, info.preprocessing.size)
+        if _has_gate(meta):
+            graphs = SplitGraphs(cache_dir / f"{key}.classify.onnx", cache_dir / f"{key}.gate.onnx")
+            if not (graphs.classify.is_file() and graphs.gate.is_file()):
+                log.info("building the ONNX graphs of %s into %s (once)", model_dir, cache_dir)
+                export_split(artifacts.load_net(model_dir, meta), graphs.classify, graphs.gate, info.preprocessing.size)
+            return graphs
+        shipped = meta.get("files", {}).get("onnx")
+        if shipped and (model_dir / shipped).is_file():
+            return model_dir / shipped
+        cached = cache_dir / f"{key}.onnx"
+        if not cached.is_file():
+            log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
+            export_onnx(artifacts.load_net(model_dir, meta), cached, info.preprocessing.size)
+        return cached
     except OSError as exc:
         raise ModelDirError(f"cannot write the ONNX build of {model_dir} to {cache_dir}: {exc}") from exc
+
+
+def _has_gate(meta: dict) -> bool:
+    """The model's footwear score comes from a frozen ImageNet branch of its own (``SneakerNet.has_gate``)."""
+    return bool(meta["backbone"].get("imagenet_branch")) and meta.get("footwear", {}).get("method") == "imagenet"

@@ -58,7 +58,7 @@ class TrainConfig:
     patience: int = 4
     aug_views: int = 2  # head mode: augmented views embedded per train image
     flip_view: bool = True  # head mode: also embed the mirrored image
-    exclude_file: str | None = None  # csv/txt of sha1s to leave out of train (label audit)
+    exclude_file: str | None = None  # csv/txt of sha1s to leave out of every split (label audit)
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
     augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
@@ -120,7 +120,7 @@ class ImageFrameDataset(Dataset):
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
-    """Index, split and apply the exclusion list (train only). Returns frame, classes, snapshot."""
+    """Index, split, then set the label audit's photos aside (split "audit"). Returns frame, classes, snapshot."""
     index = index_dataset(cfg.data_dir, progress=cfg.progress)
     frame = index.frame
     if cfg.classes:
@@ -131,17 +131,14 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
     if frame["label"].nunique() < 2:
         raise DatasetError(f"{cfg.data_dir}: need at least two class folders with images")
     frame = split_dataset(frame, seed=cfg.seed, val=cfg.val_fraction, test=cfg.test_fraction)
-    excluded = 0
+    excluded: dict[str, int] = {}
     if cfg.exclude_file:
-        bad = read_exclusions(Path(cfg.exclude_file))
-        drop = (frame["split"] == "train") & frame["sha1"].isin(bad)
-        excluded = int(drop.sum())
-        frame = frame[~drop].reset_index(drop=True)
-    classes = sorted(frame["label"].unique())
+        frame, excluded = apply_exclusions(frame, Path(cfg.exclude_file))
+    classes = sorted(frame.loc[frame["split"] != AUDIT_SPLIT, "label"].unique())
     snapshot = {
         **index.summary(),
         "splits": {k: int(v) for k, v in frame["split"].value_counts().items()},
-        "excluded_from_train": excluded,
+        "excluded_by_audit": excluded,
         "seed": cfg.seed,
     }
     return frame, classes, snapshot
@@ -152,6 +149,27 @@ def read_exclusions(path: Path) -> set[str]:
     if path.suffix == ".csv":
         return set(pd.read_csv(path)["sha1"].astype(str))
     return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+AUDIT_SPLIT = "audit"
+
+
+def apply_exclusions(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Move the photos a label audit flagged out of train, val and test (their ``split`` becomes "audit").
+
+    Why every split: a flagged photo's folder label is probably wrong. In train it teaches the
+    wrong answer; in val it skews thresholds and early stopping; in test it counts a right
+    answer as wrong (checked by eye for the starter model: most flagged test photos show
+    another model than their folder says, and the model names that one). The split is drawn
+    before this, so every other photo keeps its split; the flagged rows stay in the frame so
+    the model directory can show them next to the model's answer (``plots/audit.png``).
+    Returns the frame and how many photos left each split.
+    """
+    hit = frame["sha1"].isin(read_exclusions(path)) & (frame["split"] != AUDIT_SPLIT)
+    counts = {str(k): int(v) for k, v in frame.loc[hit, "split"].value_counts().items()}
+    frame = frame.copy()
+    frame.loc[hit, "split"] = AUDIT_SPLIT
+    return frame, counts
 
 
 def pick_device(requested: str | None) -> torch.device:

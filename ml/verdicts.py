@@ -6,6 +6,25 @@ import numpy as np
 
 VERDICTS = ("sneaker", "unsure", "not_sneaker")
 
+# Familiarity from which a photo counts as a sneaker the model knows, whatever the model's own
+# ``familiar`` threshold. On the 160, 192 and 224 px starter models no view of the non-sneaker
+# photos scikit-image, scikit-learn and matplotlib ship comes above 0.65 (``bench.gate``).
+KNOWN_FLOOR = 0.75
+
+
+def known_sneaker(familiarity: np.ndarray | None, thresholds: dict, n: int) -> np.ndarray:
+    """Photos so close to a class centroid that the footwear score is not consulted.
+
+    Why: the footwear score needs the frozen ImageNet branch, as costly as the classifier's own
+    blocks. For a photo that looks like the training sneakers (about three in four real
+    ones) the question it answers, "is this footwear at all?", is settled, so the predictor
+    does not run it. The level is the model's ``familiar`` threshold, never under ``KNOWN_FLOOR``.
+    """
+    level = thresholds.get("familiar")
+    if familiarity is None or level is None:
+        return np.zeros(n, dtype=bool)
+    return familiarity >= max(float(level), KNOWN_FLOOR)
+
 
 def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict,
              familiarity: np.ndarray | None = None) -> np.ndarray:
@@ -15,11 +34,13 @@ def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict,
     when the footwear score is under its threshold, except for a *familiar* photo: one whose
     embedding is at least ``familiar`` close to a class centroid, as close as most sneakers of
     val. Those are sneakers the ImageNet footwear score misses (on-foot, close-ups, odd angles);
-    they get ``unsure`` with guesses, never a confident answer.
+    they get ``unsure`` with guesses, never a confident answer. A *known* photo (``known_sneaker``)
+    is judged on its confidence alone: its footwear score is not consulted (NaN when skipped).
     """
     top1 = probs.max(1)
     out = np.where(top1 >= thresholds["unsure"], "sneaker", "unsure").astype(object)
-    low = footwear < thresholds["footwear"]
+    with np.errstate(invalid="ignore"):
+        low = (footwear < thresholds["footwear"]) & ~known_sneaker(familiarity, thresholds, len(probs))
     if familiarity is not None and thresholds.get("familiar") is not None:
         rescued = low & (familiarity >= thresholds["familiar"])
         out[rescued] = "unsure"

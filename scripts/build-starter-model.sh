@@ -42,7 +42,7 @@ step() {
     fi
 }
 
-# 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (left out of train only)
+# 1. label audit: out-of-fold predictions on frozen features flag likely wrong labels (set aside from every split)
 [ -f "$AUDIT" ] || "$SB" audit "$DATA" --image-size 160 --out "$AUDIT" --threads "$THREADS"
 # 2. fine-tune at 160 px: one model over all classes
 step "$STAGE1" --epochs 9 --image-size 160
@@ -65,17 +65,20 @@ cat >> "$OUT.new/README.md" <<'MD'
 
 `make starter-model` runs `scripts/build-starter-model.sh`: a label audit (`sneakerbot audit`: out-of-fold
 predictions of a linear head on frozen EfficientNet-Lite0 features flag images whose folder label is probably
-wrong; they are left out of *train* only, `audit.csv`), then four `sneakerbot train --mode finetune` runs with
+wrong; they are set aside from train, val and test, `audit.csv`, and `plots/audit.png` shows them
+next to this model's answer), then four `sneakerbot train --mode finetune` runs with
 the same layout (stem and blocks 0-7 frozen and shared; blocks 8-15 + head conv fine-tuned; a frozen
 pretrained copy of blocks 8-15 + the ImageNet head kept in the same graph for the footwear score), each warm
 started from the one before (`--init-from`): 9 epochs at 160 px (`var/starter-train/`), 5 epochs at 192 px
 (max lr 4e-4, `var/train-192/`), 4 epochs with `--augment strong` (max lr 3e-4, `var/train-192-strong/`;
 val 84.2% / 90.5%), then 5 epochs at 224 px with `--augment strong --distill-imagenet 1` (max lr 3e-4,
 `var/train-224-distill/`, this model; val 85.1% / 91.0%, against 85.2% / 90.3% for the same run without
-`--distill-imagenet`). The directory is copied without checkpoints. Weights ship as fp16
+`--distill-imagenet`; these val figures, from training, still counted the photos the audit sets
+aside, the metrics above do not). The directory is copied without checkpoints. Weights ship as fp16
 (`backbone.pt`, metrics above are measured with exactly these weights); `centroids.npy` holds the mean
-embedding per class of train (the "familiar" rule); `model.onnx` is built on first load into the cache
-directory because the fp32 graph would take this directory over 25 MB. No images are included.
+embedding per class of train (the "familiar" and "known" rules); the two ONNX graphs (the answer, and
+the footwear branch that photos the model knows skip) are built on first load into the cache directory.
+No images are included.
 MD
 rm -rf "$OUT"
 mv "$OUT.new" "$OUT"

@@ -10,7 +10,7 @@ import torch
 from ml.audit import audit_labels
 from ml.calibrate import calibrate_thresholds
 from ml.evaluate import compute_metrics
-from ml.verdicts import verdicts
+from ml.verdicts import known_sneaker, verdicts
 
 torch.set_num_threads(1)
 
@@ -69,6 +69,15 @@ def test_familiar_photos_under_the_footwear_threshold_are_unsure_not_rejected() 
     assert list(verdicts(probs, footwear, th, familiar)) == ["sneaker", "not_sneaker", "unsure", "sneaker"]
     assert list(verdicts(probs, footwear, th)) == ["sneaker", "not_sneaker", "not_sneaker", "sneaker"]
     assert list(verdicts(probs, footwear, {**th, "familiar": None}, familiar))[2] == "not_sneaker"
+    # a photo at least KNOWN_FLOOR (and ``familiar``) close to a centroid is judged on confidence alone:
+    # its footwear score may be missing (NaN: not computed) or low
+    known = np.array([0.2, 0.74, 0.76, 0.76])
+    assert list(verdicts(probs, np.array([0.5, np.nan, np.nan, 0.001]), th, known)) == \
+        ["sneaker", "sneaker", "sneaker", "sneaker"]
+    assert list(known_sneaker(known, th, 4)) == [False, False, True, True]
+    assert list(known_sneaker(known, {**th, "familiar": 0.8}, 4)) == [False] * 4  # the model's own level if higher
+    assert list(known_sneaker(None, th, 2)) == [False, False]
+    assert list(verdicts(probs, np.full(4, 0.001), th, known)) == ["not_sneaker", "unsure", "sneaker", "sneaker"]
     # a model scored by centroids (no ImageNet head) gets no separate familiarity rule
     assert calibrate_thresholds(probs, np.zeros(4, int), np.full(4, 0.5), method="centroid",
                                 familiarity=np.ones(4))["familiar"] is None

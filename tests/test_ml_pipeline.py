@@ -10,16 +10,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from bot.cli import main as cli_main
-from ml.artifacts import read_model_json
+from ml.artifacts import load_net, read_model_json
 from ml.errors import BadImage
 from ml.predictor import Predictor
 from ml.backbones import Preprocessing, create_backbone
 from ml.train import TrainConfig, build_finetune_model, run_training
+from ml.transforms import eval_transform
+from ml.verdicts import known_sneaker
 
 torch.set_num_threads(1)
 
@@ -165,6 +168,33 @@ def test_training_on_a_subset_of_the_classes(tmp_path: Path) -> None:
         run_training(TrainConfig(out_dir=str(tmp_path / "n"), classes=["red_disc", "purple_star"], **base))
 
 
+def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path: Path) -> None:
+    from ml.train import AUDIT_SPLIT, prepare_data
+
+    data = make_shapes_dataset(tmp_path / "data", per_class=10)
+    base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
+                batch_size=8, threads=1, progress=False)
+    plain, _, _ = prepare_data(TrainConfig(out_dir=str(tmp_path / "x"), **base))
+    flagged = pd.concat([plain[plain["split"] == split].head(n) for split, n in (("train", 2), ("val", 1), ("test", 1))])
+    audit = tmp_path / "flagged.csv"
+    flagged[["path", "sha1", "label"]].to_csv(audit, index=False)
+
+    frame, classes, snapshot = prepare_data(TrainConfig(out_dir=str(tmp_path / "x"), exclude_file=str(audit), **base))
+    assert snapshot["excluded_by_audit"] == {"train": 2, "val": 1, "test": 1}
+    assert set(frame.loc[frame["split"] == AUDIT_SPLIT, "sha1"]) == set(flagged["sha1"])
+    kept = frame[frame["split"] != AUDIT_SPLIT].set_index("sha1")["split"]
+    assert kept.equals(plain.set_index("sha1")["split"].drop(flagged["sha1"]).loc[kept.index])  # others keep their split
+    assert classes == sorted(SHAPES)
+
+    model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), exclude_file=str(audit), **base)))
+    meta = read_model_json(model_dir)
+    assert meta["metrics"]["test"]["n"] == (plain["split"] == "test").sum() - 1
+    assert meta["data"]["audit_review"]["images"] == 4
+    assert 0 <= meta["data"]["audit_review"]["model_agrees_with_folder"] <= 4
+    assert (model_dir / "plots" / "audit.png").is_file() and (model_dir / "audit.csv").is_file()
+    assert "set aside by the label audit: 1 from test, 2 from train, 1 from val" in (model_dir / "README.md").read_text()
+
+
 def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", per_class=6)
     base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
@@ -192,7 +222,7 @@ def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path
         build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
 
-def test_distillation_as_a_regulariser_keeps_the_frozen_branch(tmp_path: Path) -> None:
+def test_distillation_keeps_the_frozen_branch_which_runs_apart_for_unknown_photos(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", per_class=6)
     config = TrainConfig(data_dir=str(data), out_dir=str(tmp_path / "m"), backbone="efficientnet_lite0",
                          mode="finetune", epochs=1, image_size=64, batch_size=6, threads=1, progress=False,
@@ -202,6 +232,32 @@ def test_distillation_as_a_regulariser_keeps_the_frozen_branch(tmp_path: Path) -
     assert meta["backbone"]["imagenet_branch"] and meta["footwear"]["method"] == "imagenet"
     assert meta["config"]["distill_imagenet"] == 1.0
     assert "--distill-imagenet 1" in (model_dir / "README.md").read_text()  # made again with the same option
+
+    # the served graphs: the answer, and the footwear branch apart; both backends agree with the whole network
+    images = [shape_image(label, 70_000 + i) for i, label in enumerate(SHAPES)]
+    onnx = Predictor.load(model_dir, backend="onnx", cache_dir=tmp_path / "cache", threads=1)
+    eager = Predictor.load(model_dir, backend="torch", threads=1)
+    assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache").glob("*.onnx")) == \
+        ["classify.onnx", "gate.onnx"]
+    net = load_net(model_dir).eval()
+    batch = torch.stack([eval_transform(onnx.info.preprocessing)(im) for im in images])
+    with torch.inference_mode():
+        whole = [t.numpy() for t in net(batch)]
+    for predictor in (onnx, eager):
+        probs, footwear, familiarity = predictor.predict_arrays(images)
+        assert np.allclose(probs, whole[0], atol=1e-4) and np.allclose(footwear, whole[2], atol=1e-4)
+        answers = predictor.predict(images)
+        # the footwear branch ran exactly for the photos the model does not know
+        known = known_sneaker(familiarity, predictor.thresholds, len(images))
+        assert [a.footwear_score is None for a in answers] == list(known)
+        for answer, score in zip(answers, footwear):
+            assert answer.footwear_score is None or abs(answer.footwear_score - score) < 1e-4
+    familiarity = onnx.predict_arrays(images)[2]
+    onnx.thresholds.update(familiar=float(np.sort(familiarity)[1]))  # a batch of known and unknown photos
+    mixed = [a.footwear_score is None for a in onnx.predict(images)]
+    assert mixed == list(familiarity >= np.sort(familiarity)[1]) and sum(mixed) == 2
+    onnx.thresholds.update(familiar=1.01)  # no photo is known: the branch runs for all
+    assert all(a.footwear_score is not None for a in onnx.predict(images))
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--aug-views", type=int, default=2, help="head: augmented views embedded per train image")
     p.add_argument("--no-flip-view", action="store_true", help="head: do not embed mirrored train images")
-    p.add_argument("--exclude", type=Path, default=None, help="sha1 list (label audit) to leave out of train")
+    p.add_argument("--exclude", type=Path, default=None, help="sha1 list (label audit) to leave out of train, val and test")
     p.add_argument("--augment", choices=["standard", "strong"], default="standard",
                    help="finetune: train views (strong: random-resized crops and random erasing)")
     p.add_argument("--distill-imagenet", type=float, default=0.0, metavar="WEIGHT",
@@ -132,7 +132,8 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
             print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
             continue
         guesses = ", ".join(f"{g['display_name']} {g['score']:.0%}" for g in row["top"])
-        print(f"{row['path']}\t{row['verdict']:<11}\tfootwear {row['footwear_score']:.2f}\t{guesses}")
+        footwear = "known" if row["footwear_score"] is None else f"{row['footwear_score']:.2f}"
+        print(f"{row['path']}\t{row['verdict']:<11}\tfootwear {footwear}\t{guesses}")
 
 
 def _register_audit(sub: argparse._SubParsersAction) -> None:

@@ -67,7 +67,7 @@ class RefinedPrediction:
 
     top: list[Guess]
     verdict: str
-    footwear_score: float
+    footwear_score: float | None
     embedding: np.ndarray | None
     memory_label: str | None = None
 
@@ -199,7 +199,7 @@ class LearningService:
         verdict = prediction.verdict
         if top[0].label == match.label and match.weight >= CONFIDENT_WEIGHT:
             verdict = "sneaker"  # a person told us what this very photo is
-        return RefinedPrediction(top, verdict, float(prediction.footwear_score), embedding, match.label)
+        return RefinedPrediction(top, verdict, prediction.footwear_score, embedding, match.label)
 
     # --- scope rules ------------------------------------------------------------
     def _near_identical(self, session: Session, backbone: str, vector: np.ndarray) -> list[MemoryEntry]:

@@ -44,7 +44,7 @@ class PredictionLike(Protocol):
 
     top: Sequence[GuessLike]
     verdict: str
-    footwear_score: float
+    footwear_score: float | None  # None: not computed (the photo looks like a sneaker the model knows)
 
 
 class Identifier(Protocol):
