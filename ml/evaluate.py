@@ -77,15 +77,25 @@ def subset_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> 
 
 
 def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_size: int = 32) -> dict:
-    """Run the predictor over ``data_dir/<label>/*`` (optionally one split of the model's seed)."""
+    """Run the predictor over ``data_dir/<label>/*`` (optionally one split of the model's seed).
+
+    With ``split``, the photos the model's label audit set aside (its ``audit.csv``) are left
+    out as in training, so the figures match the model's own metrics.
+    """
     from ml.data import index_dataset, split_dataset
+    from ml.train import apply_exclusions
 
     index = index_dataset(data_dir)
     frame = index.frame
+    set_aside = 0
     if split:
         seed = int(predictor.info.config.get("seed", 0))
         frame = split_dataset(frame, seed=seed, val=predictor.info.config.get("val_fraction", 0.15),
                               test=predictor.info.config.get("test_fraction", 0.15))
+        audit = Path(predictor.info.model_dir) / "audit.csv"
+        if audit.is_file():
+            frame, taken = apply_exclusions(frame, audit)
+            set_aside = taken.get(split, 0)
         frame = frame[frame["split"] == split]
     known = {c.label for c in predictor.classes}
     unknown = frame[~frame["label"].isin(known)]
@@ -97,6 +107,7 @@ def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_s
     report = compute_metrics(probs, y, labels, footwear=footwear, thresholds=predictor.thresholds,
                              familiarity=familiarity)
     report.update({"data_dir": str(data_dir), "split": split, "skipped_unknown_labels": int(len(unknown)),
+                   "set_aside_by_audit": set_aside,
                    "problems": int(len(index.problems)), "model": str(predictor.info.model_dir)})
     return report
 
@@ -113,6 +124,8 @@ def format_report(report: dict) -> str:
                      f"restricted to the subset {sub['top1_restricted_to_subset']:.1%}")
     table = pd.DataFrame(report["per_class"]).T
     lines.append(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    if report.get("set_aside_by_audit"):
+        lines.append(f"left out {report['set_aside_by_audit']} images the model's label audit set aside (audit.csv)")
     if report.get("skipped_unknown_labels"):
         lines.append(f"skipped {report['skipped_unknown_labels']} images of labels the model does not know")
     return "\n".join(lines)

@@ -146,7 +146,7 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
     pick = np.sort(np.random.default_rng(cfg.seed).choice(len(part), min(len(part), EXAMPLES), replace=False))
     plot_examples(list(part["path"].iloc[pick]), [classes[i] for i in y[pick]], [classes[i] for i in pred[pick]],
                   list(probs[pick].max(1)), out / "plots" / "audit.png",
-                  title="left out by the label audit: this model's answer (red: not the folder's label)")
+                  title="set aside by the label audit: this model's answer (red: not the folder's label)", truth="folder")
     return {"images": len(part), "model_agrees_with_folder": int((pred == y).sum())}
 
 
@@ -273,7 +273,9 @@ def write_readme(out: Path, meta: dict) -> Path:
     if "verdicts" in test:
         lines += ["Verdicts on test (all are sneakers): " + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()),
                   ""]
-    lines += ["Plots: `plots/curves.png`, `plots/confusion.png`, `plots/examples.png` (wrong answers in red).", ""]
+    lines += ["Plots: `plots/curves.png`, `plots/confusion.png`, `plots/examples.png` (wrong answers in red)"
+              + (", `plots/audit.png` (the photos the label audit set aside)." if meta["data"].get("audit_review")
+                 else "."), ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path

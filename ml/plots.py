@@ -61,8 +61,11 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path
 
 
 def plot_examples(paths: Sequence[str], true: Sequence[str], predicted: Sequence[str], scores: Sequence[float],
-                  path: Path, *, cols: int = 6, title: str = "") -> Path | None:
-    """A grid of test images titled with the prediction; wrong ones framed and titled in red."""
+                  path: Path, *, cols: int = 6, title: str = "", truth: str = "true") -> Path | None:
+    """A grid of test images titled with the prediction; wrong ones framed and titled in red.
+
+    ``truth`` names what ``true`` holds in the titles ("folder" where the label itself is in doubt).
+    """
     if not paths:
         return None
     rows = int(np.ceil(len(paths) / cols))
@@ -74,7 +77,7 @@ def plot_examples(paths: Sequence[str], true: Sequence[str], predicted: Sequence
             ax.imshow(im.convert("RGB"))
         wrong = t != pr
         color = "red" if wrong else "green"
-        label = f"{pr} {s:.0%}" + (f"\n(true {t})" if wrong else "")
+        label = f"{pr} {s:.0%}" + (f"\n({truth} {t})" if wrong else "")
         ax.set_title(label, fontsize=7, color=color)
         ax.axis("on")
         ax.set_xticks([])

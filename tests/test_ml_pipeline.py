@@ -193,6 +193,13 @@ def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path:
     assert 0 <= meta["data"]["audit_review"]["model_agrees_with_folder"] <= 4
     assert (model_dir / "plots" / "audit.png").is_file() and (model_dir / "audit.csv").is_file()
     assert "set aside by the label audit: 1 from test, 2 from train, 1 from val" in (model_dir / "README.md").read_text()
+    # `sneakerbot eval --split test` measures what the model's metrics measured
+    from ml.evaluate import evaluate_dir, format_report
+
+    report = evaluate_dir(Predictor.load(model_dir, backend="torch", threads=1), data, split="test")
+    assert report["n"] == meta["metrics"]["test"]["n"] and report["set_aside_by_audit"] == 1
+    assert report["top1"] == pytest.approx(meta["metrics"]["test"]["top1"], abs=1e-6)
+    assert "left out 1 images the model's label audit set aside" in format_report(report)
 
 
 def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path) -> None:
