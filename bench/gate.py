@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.footwear import FootwearDetector
     from ml.predictor import Predictor
+    from ml.verdicts import known_sneaker
 
     cache = ROOT / "var" / "cache" / "onnx"
     model = Predictor.load(args.model, threads=args.threads, cache_dir=cache)
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = views(package_photos())
     names, images = list(shown), list(shown.values())
     answers = model.predict(images)
-    served = model.predict_arrays(images)[1]  # the footwear score of every view, even where predict() skips it
-    known = sum(a.footwear_score is None for a in answers)
+    _, served, familiarity = model.predict_arrays(images)  # every footwear score, even where predict() skips it
+    known = int(known_sneaker(familiarity, model.thresholds, len(images)).sum())
     frozen = teacher.score(images)
     threshold = model.thresholds["footwear"]
     originals = [i for i, n in enumerate(names) if "~" not in n]
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(originals)} package photos: " + ", ".join(f"{k} {v}" for k, v in
                                                             Counter(answers[i].verdict for i in originals).items()))
     print(f"{len(names)} views: " + ", ".join(f"{k} {v}" for k, v in Counter(a.verdict for a in answers).items())
-          + f"; {known} of them skipped the footwear branch as a sneaker the model knows (should be 0)")
+          + f"; {known} of them close enough to a class centroid to skip the footwear branch (should be 0)")
     print(f"footwear score, served vs frozen ImageNet: mean {served.mean():.4f} vs {frozen.mean():.4f}; "
           f"|difference| mean {np.abs(served - frozen).mean():.4f}, max {np.abs(served - frozen).max():.4f}; "
           f"views over the threshold {int((served >= threshold).sum())} vs {int((frozen >= threshold).sum())}")

@@ -99,7 +99,7 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     }
     artifacts.write_model_json(out, meta)
     meta["files"]["onnx"] = _maybe_export_onnx(out, net, prep, meta)
-    meta["onnx_check"] = _onnx_check(out, net, prep, outputs["val"][0], meta["files"]["onnx"])
+    meta["onnx_check"] = _onnx_check(out, net, prep, outputs["val"][0], meta["files"]["onnx"], centroids.numpy())
     artifacts.write_model_json(out, meta)
     write_readme(out, meta)
     if cfg.exclude_file and Path(cfg.exclude_file).is_file():  # the label audit travels with the model
@@ -188,8 +188,8 @@ def _plots(out: Path, history: list[dict], test, classes: list[str], class_to_id
 def _maybe_export_onnx(out: Path, net: SneakerNet, prep: Preprocessing, meta: dict) -> str | None:
     """Export into the model dir when it fits the size budget; otherwise it is built on first load.
 
-    A model with a separate footwear branch is served as two graphs, always built on first
-    load (``ml.predictor``), so it ships none.
+    A model with a separate footwear branch is served as a gated graph built on first load
+    (``ml.predictor``, ``export_gated``), so it ships none.
     """
     from ml.onnx_export import export_onnx
 
@@ -205,7 +205,8 @@ def _maybe_export_onnx(out: Path, net: SneakerNet, prep: Preprocessing, meta: di
     return artifacts.ONNX_FILE
 
 
-def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFrame, onnx_file: str | None) -> dict:
+def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFrame, onnx_file: str | None,
+                centroids: np.ndarray) -> dict:
     """Max absolute difference between ONNX Runtime (the graphs as served) and PyTorch on a few val images."""
     from ml.images import open_image
 
@@ -217,20 +218,20 @@ def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFra
     with torch.inference_mode():
         expected = [t.numpy() for t in net(batch)]
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        got = _served_onnx_outputs(net, batch.numpy(), out / onnx_file if onnx_file else None, Path(tmp), prep.size)
+        got = _served_onnx_outputs(net, batch.numpy(), out / onnx_file if onnx_file else None, Path(tmp), prep.size,
+                                   centroids)
     return {"images": int(len(batch)), "max_abs_diff": {name: float(np.abs(a - b).max()) for name, a, b in
                                                         zip(("probs", "embedding", "footwear"), expected, got)}}
 
 
 def _served_onnx_outputs(net: SneakerNet, batch: np.ndarray, shipped: Path | None, tmp: Path,
-                         size: int) -> list[np.ndarray]:
-    """(probs, embedding, footwear) from the ONNX graph(s) the predictor would run."""
-    from ml.onnx_export import export_onnx, export_split, onnx_session, run_classify, run_gate, run_session
+                         size: int, centroids: np.ndarray) -> list[np.ndarray]:
+    """(probs, embedding, footwear) from the ONNX graph the predictor would run (the footwear branch forced on)."""
+    from ml.onnx_export import export_gated, export_onnx, onnx_session, run_gated, run_session
 
     if net.has_gate:
-        graphs = export_split(net, tmp / "classify.onnx", tmp / "gate.onnx", size)
-        probs, embedding, shared = run_classify(onnx_session(graphs.classify, threads=2), batch)
-        return [probs, embedding, run_gate(onnx_session(graphs.gate, threads=2), shared)]
+        path = export_gated(net, tmp / "gated.onnx", size, artifacts.as_shipped(centroids))
+        return list(run_gated(onnx_session(path, threads=2), batch, float("inf")))
     path = shipped or export_onnx(net, tmp / "check.onnx", size)
     return list(run_session(onnx_session(path, threads=2), batch))
 

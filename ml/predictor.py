@@ -8,6 +8,7 @@ exported once on first load into a cache directory, keyed by the weights' sha1.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -21,9 +22,8 @@ from ml import artifacts
 from ml.artifacts import ClassInfo, ModelInfo
 from ml.errors import ModelDirError
 from ml.images import ImageSource, open_image
-from ml.onnx_export import SplitGraphs
 from ml.transforms import eval_transform
-from ml.verdicts import known_sneaker, verdicts
+from ml.verdicts import known_level, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,14 @@ class Predictor:
         meta = artifacts.read_model_json(model_dir)
         info = artifacts.model_info(model_dir, meta)
         classes = artifacts.classes_of(meta)
+        centroids = artifacts.load_centroids(model_dir, meta)
         if backend == "onnx":
-            graphs = _onnx_graphs(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info)
-            runner = _OnnxRunner(graphs, threads)
+            path, gated = _onnx_path(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info,
+                                     centroids)
+            runner = _OnnxRunner(path, threads, gated)
         else:
-            runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads)
-        predictor = cls(info, classes, runner, backend, artifacts.load_centroids(model_dir, meta))
+            runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads, centroids)
+        predictor = cls(info, classes, runner, backend, centroids)
         for key, value in (thresholds or {}).items():
             if value is not None:
                 predictor.thresholds[key] = float(value)
@@ -120,8 +122,8 @@ class Predictor:
                 batch_size: int = 16) -> list[Prediction]:
         """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input.
 
-        The footwear branch runs only for photos that need it (``ml.verdicts.known_sneaker``);
-        the others get ``footwear_score`` None.
+        The footwear branch runs only when a photo of the batch needs it (``ml.verdicts.known_sneaker``);
+        when it did not run, ``footwear_score`` is None.
         """
         probs, embedding, footwear, familiarity = self._infer(_as_list(images), batch_size, gate="needed")
         rule = verdicts(probs, footwear, self.thresholds, familiarity)
@@ -149,14 +151,21 @@ class Predictor:
 
     def _infer(self, images: list[ImageSource], batch_size: int,
                gate: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(probs, embedding, footwear, familiarity); ``gate``: run the footwear branch for "all", "needed" or "none"."""
+        """(probs, embedding, footwear, familiarity).
+
+        ``gate``: run the footwear branch for "all" batches, for those with a photo that "needed"
+        it, or for "none" (footwear NaN where it did not run).
+        """
+        level = {"all": np.inf, "none": -np.inf}.get(gate)
+        if level is None:
+            known = known_level(self.thresholds) if self._centroids is not None else None
+            level = np.inf if known is None else known
         outs = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             batch = torch.stack([self._transform(open_image(img)) for img in chunk]).numpy()
-            out = self._runner(batch)
-            familiarity = self.familiarity(out.embedding)
-            outs.append((out.probs, out.embedding, self._footwear(out, familiarity, gate), familiarity))
+            probs, embedding, footwear = self._runner(batch, level)
+            outs.append((probs, embedding, footwear, self.familiarity(embedding)))
         if not outs:
             n = len(self.classes)
             empty = np.zeros(0, np.float32)
@@ -165,21 +174,6 @@ class Predictor:
         probs, embedding, footwear, familiarity = zip(*outs)
         return (np.concatenate(probs), np.concatenate(embedding), np.concatenate(footwear),
                 None if familiarity[0] is None else np.concatenate(familiarity))
-
-    def _footwear(self, out: _Outputs, familiarity: np.ndarray | None, gate: str) -> np.ndarray:
-        """Footwear scores, from the separate branch only where asked (NaN where it did not run)."""
-        if out.footwear is not None:
-            return out.footwear
-        scores = np.full(len(out.probs), np.nan, np.float32)
-        if gate == "all":
-            need = np.ones(len(scores), dtype=bool)
-        elif gate == "needed":
-            need = ~known_sneaker(familiarity, self.thresholds, len(scores))
-        else:
-            need = np.zeros(len(scores), dtype=bool)
-        if need.any():
-            scores[need] = self._runner.gate(out.shared[need])
-        return scores
 
     def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, verdict: str,
                     familiarity: float | None, k: int) -> Prediction:
@@ -203,82 +197,63 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
     return list(images)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class _Outputs:
-    """One batch through the network: ``footwear`` None when the footwear branch runs apart from ``shared``."""
-
-    probs: np.ndarray
-    embedding: np.ndarray
-    footwear: np.ndarray | None
-    shared: np.ndarray | None = None
-
-
 class _OnnxRunner:
-    def __init__(self, graphs: Path | SplitGraphs, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, gated: bool) -> None:
         from ml.onnx_export import onnx_session
 
-        split = isinstance(graphs, SplitGraphs)
-        self.session = onnx_session(graphs.classify if split else graphs, threads)
-        # One thread for the footwear branch: it runs right after the first graph, whose thread pool
-        # is still spinning; a second pool fighting it for the cores took 26 ms instead of 13 (bench.speed).
-        self.gate_session = onnx_session(graphs.gate, 1) if split else None
+        self.session, self.gated = onnx_session(path, threads), gated
 
-    def __call__(self, batch: np.ndarray) -> _Outputs:
-        from ml.onnx_export import run_classify, run_session
+    def __call__(self, batch: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from ml.onnx_export import run_gated, run_session
 
-        if self.gate_session is None:
-            return _Outputs(*run_session(self.session, batch))
-        probs, embedding, shared = run_classify(self.session, batch)
-        return _Outputs(probs, embedding, None, shared)
-
-    def gate(self, shared: np.ndarray) -> np.ndarray:
-        from ml.onnx_export import run_gate
-
-        return run_gate(self.gate_session, shared)
+        return run_gated(self.session, batch, level) if self.gated else run_session(self.session, batch)
 
 
 class _TorchRunner:
-    def __init__(self, net, threads: int | None) -> None:
+    """The same semantics as the ONNX graphs: the footwear branch runs when a photo is under ``level``."""
+
+    def __init__(self, net, threads: int | None, centroids: np.ndarray | None) -> None:
         self.net = net.eval().to(memory_format=torch.channels_last)  # faster depthwise convs on CPU
+        self.centroids = torch.from_numpy(centroids) if centroids is not None and net.has_gate else None
         if threads:
             torch.set_num_threads(threads)
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> _Outputs:
+    def __call__(self, batch: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-        if self.net.has_gate:
-            probs, embedding, shared = self.net.classify(x)
-            return _Outputs(probs.numpy(), embedding.numpy(), None, shared.numpy())
-        probs, embedding, footwear = self.net(x)
-        return _Outputs(probs.numpy(), embedding.numpy(), footwear.numpy())
+        if self.centroids is None:
+            return tuple(t.numpy() for t in self.net(x))  # type: ignore[return-value]
+        probs, embedding, shared = self.net.classify(x)
+        if bool(((embedding @ self.centroids.T).max(dim=1).values < level).any()):
+            footwear = self.net.gate(shared)
+        else:
+            footwear = torch.full((len(batch),), float("nan"))
+        return probs.numpy(), embedding.numpy(), footwear.numpy()
 
-    @torch.inference_mode()
-    def gate(self, shared: np.ndarray) -> np.ndarray:
-        return self.net.gate(torch.from_numpy(shared)).numpy()
 
+def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo,
+               centroids: np.ndarray | None) -> tuple[Path, bool]:
+    """The ONNX graph to run and whether it is gated (``export_gated``): the shipped model.onnx
+    or a build cached in ``cache_dir``, keyed by the weights' sha1 (and the centroids a gated
+    graph holds), exported on first load."""
+    from ml.onnx_export import export_gated, export_onnx
 
-def _onnx_graphs(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo) -> Path | SplitGraphs:
-    """The ONNX graph(s) to run: two when the footwear branch can be skipped, else the shipped
-    model.onnx or a cached build of it. Builds go into ``cache_dir``, keyed by the weights' sha1,
-    and are exported on first load."""
-    from ml.onnx_export import export_onnx, export_split
-
+    gated = _has_gate(meta) and centroids is not None
     key = artifacts.weights_fingerprint(model_dir, meta)
+    shipped = meta.get("files", {}).get("onnx")
+    if shipped and (model_dir / shipped).is_file() and not gated:
+        return model_dir / shipped, False
+    if gated:
+        key = hashlib.sha1(key.encode() + centroids.tobytes()).hexdigest()  # type: ignore[union-attr]
+    cached = cache_dir / f"{key}{'.gated' if gated else ''}.onnx"
+    if cached.is_file():
+        return cached, gated
+    log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
     try:
-        if _has_gate(meta):
-            graphs = SplitGraphs(cache_dir / f"{key}.classify.onnx", cache_dir / f"{key}.gate.onnx")
-            if not (graphs.classify.is_file() and graphs.gate.is_file()):
-                log.info("building the ONNX graphs of %s into %s (once)", model_dir, cache_dir)
-                export_split(artifacts.load_net(model_dir, meta), graphs.classify, graphs.gate, info.preprocessing.size)
-            return graphs
-        shipped = meta.get("files", {}).get("onnx")
-        if shipped and (model_dir / shipped).is_file():
-            return model_dir / shipped
-        cached = cache_dir / f"{key}.onnx"
-        if not cached.is_file():
-            log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
-            export_onnx(artifacts.load_net(model_dir, meta), cached, info.preprocessing.size)
-        return cached
+        net = artifacts.load_net(model_dir, meta)
+        if gated:
+            return export_gated(net, cached, info.preprocessing.size, centroids), True  # type: ignore[arg-type]
+        return export_onnx(net, cached, info.preprocessing.size), False
     except OSError as exc:
         raise ModelDirError(f"cannot write the ONNX build of {model_dir} to {cache_dir}: {exc}") from exc
 

@@ -12,18 +12,24 @@ VERDICTS = ("sneaker", "unsure", "not_sneaker")
 KNOWN_FLOOR = 0.75
 
 
+def known_level(thresholds: dict) -> float | None:
+    """The familiarity from which a photo is a *known* sneaker: ``familiar``, never under ``KNOWN_FLOOR``."""
+    level = thresholds.get("familiar")
+    return None if level is None else max(float(level), KNOWN_FLOOR)
+
+
 def known_sneaker(familiarity: np.ndarray | None, thresholds: dict, n: int) -> np.ndarray:
     """Photos so close to a class centroid that the footwear score is not consulted.
 
     Why: the footwear score needs the frozen ImageNet branch, as costly as the classifier's own
     blocks. For a photo that looks like the training sneakers (about three in four real
     ones) the question it answers, "is this footwear at all?", is settled, so the predictor
-    does not run it. The level is the model's ``familiar`` threshold, never under ``KNOWN_FLOOR``.
+    does not run it when no photo of the batch needs it.
     """
-    level = thresholds.get("familiar")
+    level = known_level(thresholds)
     if familiarity is None or level is None:
         return np.zeros(n, dtype=bool)
-    return familiarity >= max(float(level), KNOWN_FLOOR)
+    return familiarity >= level
 
 
 def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict,
