@@ -76,8 +76,8 @@ val 84.2% / 90.5%), then 5 epochs at 224 px with `--augment strong --distill-ima
 `--distill-imagenet`; these val figures, from training, still counted the photos the audit sets
 aside, the metrics above do not). The directory is copied without checkpoints. Weights ship as fp16
 (`backbone.pt`, metrics above are measured with exactly these weights); `centroids.npy` holds the mean
-embedding per class of train (the "familiar" and "known" rules); the two ONNX graphs (the answer, and
-the footwear branch that photos the model knows skip) are built on first load into the cache directory.
+embedding per class of train (the "familiar" and "known" rules); the ONNX graph (the footwear branch
+under an `If` that photos the model knows skip) is built on first load into the cache directory.
 No images are included.
 MD
 rm -rf "$OUT"
