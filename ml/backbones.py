@@ -115,6 +115,10 @@ class Backbone(nn.Module):
         """What ``prepare_finetune`` did, saved so a loader can rebuild the same module."""
         return {}
 
+    def adopt_finetuned(self, source: Backbone) -> bool:
+        """Take the fine-tuned weights of ``source``, a backbone of another split; False when the layouts do not fit."""
+        return False
+
     def distill_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, ImageNet logits from the trained layers, from the frozen pretrained ones)."""
         raise NotImplementedError(f"backbone {self.name!r} has no frozen ImageNet branch to distil from")
@@ -273,6 +277,21 @@ class EfficientNetLite0(_FrozenMixin, Backbone):
 
     def finetune_state(self) -> dict:
         return {"split_block": self.split, "imagenet_branch": self.imagenet_tail is not None}
+
+    def adopt_finetuned(self, source: Backbone) -> bool:
+        """Copy ``source``'s fine-tuned blocks and head conv into this backbone, which fine-tunes more blocks.
+
+        Why: a run that unfreezes earlier blocks can start from a model that fine-tuned fewer;
+        the blocks it newly trains start from their ImageNet weights, as they were in ``source``.
+        """
+        if not isinstance(source, EfficientNetLite0) or source.imagenet_tail is None or self.imagenet_tail is None \
+                or source.split < self.split:
+            return False
+        for index, block in enumerate(source.tail.blocks, start=source.split):
+            self.tail.blocks[index - self.split].load_state_dict(block.state_dict())
+        self.tail.conv_head.load_state_dict(source.tail.conv_head.state_dict())
+        self.tail.bn.load_state_dict(source.tail.bn.state_dict())
+        return True
 
     def restore_finetune(self, state: dict) -> None:
         """Rebuild the module layout a saved fine-tune used, before loading its weights."""

@@ -257,8 +257,9 @@ def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> Non
 
     Why: a retrain or a change of input size converges in a few epochs from a model that
     already knows these sneakers, instead of a full run from ImageNet weights. The backbone
-    must have the same layout (same backbone and trainable stages); head rows are matched
-    by class name, so new classes start fresh and dropped ones are ignored.
+    must have the same layout (same backbone and trainable stages), or fine-tune more blocks
+    than the source (those start from ImageNet); head rows are matched by class name, so new
+    classes start fresh and dropped ones are ignored.
     """
     from ml.artifacts import load_net, read_model_json
 
@@ -269,10 +270,11 @@ def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> Non
                          f"this run trains {model.backbone.name!r}")
     wanted = model.backbone.state_dict()
     given = {k: v for k, v in source.backbone.state_dict().items() if k in wanted}
-    if set(given) != set(wanted) or any(given[k].shape != wanted[k].shape for k in wanted):
+    if set(given) == set(wanted) and all(given[k].shape == wanted[k].shape for k in wanted):
+        model.backbone.load_state_dict(given)
+    elif not model.backbone.adopt_finetuned(source.backbone):
         raise ValueError(f"--init-from {model_dir}: its backbone layout differs from this run's "
-                         "(use the same --trainable-stages)")
-    model.backbone.load_state_dict(given)
+                         "(use the same --trainable-stages, or more)")
     old = {c["label"]: i for i, c in enumerate(meta["classes"])}
     with torch.no_grad():
         for row, label in enumerate(classes):

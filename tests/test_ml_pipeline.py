@@ -229,6 +229,31 @@ def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path
         build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
 
+def test_warm_start_into_a_run_that_fine_tunes_more_blocks(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", per_class=4)
+    base = dict(data_dir=str(data), backbone="efficientnet_lite0", mode="finetune", epochs=1, image_size=64,
+                batch_size=6, threads=1, progress=False)
+    source_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "a"), trainable_stages=3, **base)))
+    source = load_net(source_dir).backbone
+    pretrained = create_backbone("efficientnet_lite0", pretrained=True)
+    probe = create_backbone("efficientnet_lite0", pretrained=False)
+    wider = TrainConfig(out_dir=str(tmp_path / "b"), trainable_stages=5, init_from=str(source_dir), **base)
+    backbone = build_finetune_model(wider.resolved(probe), sorted(SHAPES)).backbone
+    assert (source.split, backbone.split) == (14, 12)
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x.float(), y.float()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    blocks = [*pretrained.trunk, *pretrained.tail.blocks]
+    assert same(backbone.tail.blocks[0], blocks[12]) and same(backbone.tail.blocks[1], blocks[13])  # newly trained
+    assert same(backbone.tail.blocks[2], source.tail.blocks[0]) and same(backbone.tail.blocks[3], source.tail.blocks[1])
+    assert same(backbone.tail.conv_head, source.tail.conv_head) and not same(source.tail.blocks[1], blocks[15])
+    assert same(backbone.imagenet_tail.blocks[3], blocks[15])  # the footwear branch stays ImageNet's
+    narrower = TrainConfig(out_dir=str(tmp_path / "c"), trainable_stages=2, init_from=str(source_dir), **base)
+    with pytest.raises(ValueError, match="or more"):
+        build_finetune_model(narrower.resolved(probe), sorted(SHAPES))
+
+
 def test_distillation_keeps_the_frozen_branch_which_runs_apart_for_unknown_photos(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", per_class=6)
     config = TrainConfig(data_dir=str(data), out_dir=str(tmp_path / "m"), backbone="efficientnet_lite0",
