@@ -131,3 +131,20 @@ def test_split_is_stratified_seeded_and_stable(tmp_path: Path) -> None:
     assert again.set_index("sha1")["split"].to_dict() == split.set_index("sha1")["split"].to_dict()
     other = split_dataset(frame, seed=2)
     assert (other["split"] != split["split"]).any()
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_eval_transform_gives_torchvision_numbers(resize: str) -> None:
+    """The fast eval preset (PIL + NumPy) must feed the network exactly what training's torchvision one did."""
+    from skimage import data
+
+    from ml.backbones import Preprocessing
+    from ml.transforms import eval_transform, torchvision_eval_transform
+
+    prep = Preprocessing(size=96, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=resize)
+    fast, reference = eval_transform(prep), torchvision_eval_transform(prep)
+    photo = Image.fromarray(data.astronaut())
+    for image in (photo, photo.resize((301, 97)), photo.resize((97, 301)), photo.resize((40, 40))):
+        got, want = fast(image), reference(image)
+        assert got.shape == want.shape == (3, 96, 96) and got.is_contiguous()
+        assert float((got - want.as_subclass(type(got))).abs().max()) < 1e-5
