@@ -37,10 +37,9 @@ CLASS_SETS = {
 
 def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bool = False) -> dict:
     """Figures for one model directory on its own test split (``tta``: average with the mirrored image)."""
-    from ml.data import index_dataset, split_dataset
+    from ml.data import index_dataset, read_exclusions, split_dataset
     from ml.evaluate import topk_hits
     from ml.predictor import Predictor
-    from ml.train import read_exclusions
 
     predictor = Predictor.load(model_dir, backend="onnx", threads=threads,
                                cache_dir=ROOT / "var" / "cache" / "onnx")

@@ -232,7 +232,8 @@ async def run_bench(args: argparse.Namespace) -> tuple[list[dict[str, float]], d
             if not await asyncio.to_thread(ready.wait, 300):
                 raise SystemExit("the bot did not start")
             load = os.getloadavg()[0]
-            users = context.Process(target=users_process, args=(server.url, args.photos, args.rate, photo_source(args), results))
+            users = context.Process(target=users_process,
+                                    args=(server.url, args.photos, args.rate, photo_source(args), results))
             users.start()
             # The bot's and the server's CPU are counted from here (the warm-up is included, a few photos).
             measure.set()

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["path", "label", "sha1", "width", "height", "source"]
 PROBLEM_COLUMNS = ["path", "label", "kind", "detail"]
 SPLITS = ("train", "val", "test")
+AUDIT_SPLIT = "audit"  # photos a label audit set aside from every split (``apply_exclusions``)
 
 _PROBLEM_KINDS: dict[type[BadImage], str] = {
     NotAnImage: "not_an_image",
@@ -161,6 +162,31 @@ def restrict(frame: pd.DataFrame, labels: Iterable[str]) -> pd.DataFrame:
     """Only the rows of the given labels (benchmarks on class subsets)."""
     keep = set(labels)
     return frame[frame["label"].isin(keep)].reset_index(drop=True)
+
+
+def read_exclusions(path: Path) -> set[str]:
+    """sha1s from a label-audit file (csv with a ``sha1`` column, or one sha1 per line)."""
+    if path.suffix == ".csv":
+        return set(pd.read_csv(path)["sha1"].astype(str))
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def apply_exclusions(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Move the photos a label audit flagged out of train, val and test (their ``split`` becomes "audit").
+
+    Why every split: a flagged photo's folder label is probably wrong. In train it teaches the
+    wrong answer; in val it skews thresholds and early stopping; in test it counts a right
+    answer as wrong (checked by eye for the starter model: most flagged test photos show
+    another model than their folder says, and the model names that one). The split is drawn
+    before this, so every other photo keeps its split; the flagged rows stay in the frame so
+    the model directory can show them next to the model's answer (``plots/audit.png``).
+    Returns the frame and how many photos left each split.
+    """
+    hit = frame["sha1"].isin(read_exclusions(path)) & (frame["split"] != AUDIT_SPLIT)
+    counts = {str(k): int(v) for k, v in frame.loc[hit, "split"].value_counts().items()}
+    frame = frame.copy()
+    frame.loc[hit, "split"] = AUDIT_SPLIT
+    return frame, counts
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:

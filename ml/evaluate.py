@@ -82,8 +82,7 @@ def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_s
     With ``split``, the photos the model's label audit set aside (its ``audit.csv``) are left
     out as in training, so the figures match the model's own metrics.
     """
-    from ml.data import index_dataset, split_dataset
-    from ml.train import apply_exclusions
+    from ml.data import apply_exclusions, index_dataset, split_dataset
 
     index = index_dataset(data_dir)
     frame = index.frame

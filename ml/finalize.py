@@ -26,8 +26,8 @@ from ml.calibrate import calibrate_thresholds
 from ml.evaluate import compute_metrics
 from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
 from ml.plots import plot_confusion, plot_curves, plot_examples
-from ml.verdicts import KNOWN_FLOOR
 from ml.transforms import eval_transform
+from ml.verdicts import known_level
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
     Why: dropping photos from val and test must be checkable by a person. The model never
     trained on them; when it mostly names another model than the folder does, the audit was right.
     """
-    from ml.train import AUDIT_SPLIT, ImageFrameDataset
+    from ml.data import AUDIT_SPLIT
+    from ml.train import ImageFrameDataset
 
     part = frame[(frame["split"] == AUDIT_SPLIT) & frame["label"].isin(class_to_idx)].reset_index(drop=True)
     if not len(part):
@@ -256,7 +257,7 @@ def write_readme(out: Path, meta: dict) -> Path:
         f"{th['unsure']:.3f} for a sure answer"
         + (f"; a photo under the footwear threshold but at least {th['familiar']:.2f} similar to a class "
            "centroid is answered \"unsure\", not \"not a sneaker\"; from "
-           f"{max(th['familiar'], KNOWN_FLOOR):.2f} the footwear score is not consulted (nor computed when served)"
+           f"{known_level(th):.2f} the footwear score is not consulted (nor computed when served)"
            if th.get("familiar") is not None else ""),
         "",
         "## Metrics",

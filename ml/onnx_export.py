@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,8 @@ from ml.model import SneakerNet
 log = logging.getLogger(__name__)
 
 INPUT, OUTPUTS = "images", ["probs", "embedding", "footwear"]
-CLASSIFY_OUTPUTS, SHARED = ["probs", "embedding", "shared"], "shared"
+CLASSIFY_OUTPUTS, SHARED, KNOWN_LEVEL = ["probs", "embedding", "shared"], "shared", "known_level"
 OPSET = 17
-
-
-KNOWN_LEVEL = "known_level"
 
 
 def export_onnx(net: SneakerNet, path: Path, image_size: int) -> Path:
@@ -51,12 +48,7 @@ def export_gated(net: SneakerNet, path: Path, image_size: int, centroids: np.nda
         gate = onnx.load(str(_export(_Gate(net), shared, [SHARED], ["footwear"], Path(tmp) / "g.onnx")))
     model = _gated_model(main, gate, centroids)
     onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp_path))
-    tmp_path.replace(path)
-    log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
-    return path
+    return _write_atomically(path, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def _gated_model(main, gate, centroids: np.ndarray):
@@ -124,15 +116,23 @@ def _export(module: torch.nn.Module, dummy: torch.Tensor, inputs: list[str], out
     Uses the TorchScript-based exporter (``dynamo=False``): it is quick and needs no
     extra tracing machinery, and these models are plain convolution stacks.
     """
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (dummy,), str(tmp), input_names=inputs, output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
+                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+
+    return _write_atomically(path, write)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` into a temporary file beside ``path``, then move it into place (no half-written graph)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (dummy,), str(tmp), input_names=inputs, output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
-            opset_version=OPSET, dynamo=False, do_constant_folding=True,
-        )
+    write(tmp)
     tmp.replace(path)
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

@@ -157,9 +157,8 @@ class Predictor:
         it, or for "none" (footwear NaN where it did not run).
         """
         level = {"all": np.inf, "none": -np.inf}.get(gate)
-        if level is None:
-            known = known_level(self.thresholds) if self._centroids is not None else None
-            level = np.inf if known is None else known
+        if level is None:  # no "familiar" threshold (a model without centroids): every photo needs it
+            level = known_level(self.thresholds) or np.inf
         outs = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]

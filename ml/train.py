@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ml.backbones import Backbone, Preprocessing, create_backbone
-from ml.data import class_weights, index_dataset, restrict, split_dataset
+from ml.data import AUDIT_SPLIT, apply_exclusions, class_weights, index_dataset, restrict, split_dataset
 from ml.errors import BadImage, DatasetError
 from ml.images import open_image
 from ml.model import Classifier
@@ -142,34 +142,6 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
         "seed": cfg.seed,
     }
     return frame, classes, snapshot
-
-
-def read_exclusions(path: Path) -> set[str]:
-    """sha1s from a label-audit file (csv with a ``sha1`` column, or one sha1 per line)."""
-    if path.suffix == ".csv":
-        return set(pd.read_csv(path)["sha1"].astype(str))
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
-
-
-AUDIT_SPLIT = "audit"
-
-
-def apply_exclusions(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Move the photos a label audit flagged out of train, val and test (their ``split`` becomes "audit").
-
-    Why every split: a flagged photo's folder label is probably wrong. In train it teaches the
-    wrong answer; in val it skews thresholds and early stopping; in test it counts a right
-    answer as wrong (checked by eye for the starter model: most flagged test photos show
-    another model than their folder says, and the model names that one). The split is drawn
-    before this, so every other photo keeps its split; the flagged rows stay in the frame so
-    the model directory can show them next to the model's answer (``plots/audit.png``).
-    Returns the frame and how many photos left each split.
-    """
-    hit = frame["sha1"].isin(read_exclusions(path)) & (frame["split"] != AUDIT_SPLIT)
-    counts = {str(k): int(v) for k, v in frame.loc[hit, "split"].value_counts().items()}
-    frame = frame.copy()
-    frame.loc[hit, "split"] = AUDIT_SPLIT
-    return frame, counts
 
 
 def pick_device(requested: str | None) -> torch.device:

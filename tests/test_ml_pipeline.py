@@ -169,7 +169,8 @@ def test_training_on_a_subset_of_the_classes(tmp_path: Path) -> None:
 
 
 def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path: Path) -> None:
-    from ml.train import AUDIT_SPLIT, prepare_data
+    from ml.data import AUDIT_SPLIT
+    from ml.train import prepare_data
 
     data = make_shapes_dataset(tmp_path / "data", per_class=10)
     base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
