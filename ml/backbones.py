@@ -72,6 +72,7 @@ class Backbone(nn.Module):
     preprocessing: Preprocessing = Preprocessing()
     has_imagenet_head: bool = False
     from_scratch: bool = False  # no pretrained weights: train it with ``finetune``, not ``head``
+    size_multiple: int = 1  # input sizes must be a multiple of this (else the ONNX export fails after training)
 
     def imagenet_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over the 1000 ImageNet classes; only for backbones with that head."""
@@ -385,6 +386,7 @@ class SimpleCNN(Backbone):
 
     feature_dim = 128
     from_scratch = True
+    size_multiple = 32  # three 2x poolings, then an average pool to 4x4 that ONNX exports only when it divides
     preprocessing = Preprocessing(size=128, mean=MINUS_ONE_TO_ONE, std=MINUS_ONE_TO_ONE)
 
     def __init__(self, pretrained: bool) -> None:

@@ -309,6 +309,8 @@ def train_command(cfg: dict) -> str:
         parts += ["--init-from", cfg["init_from"]]
     if cfg.get("distill_imagenet") and cfg["mode"] == "finetune":
         parts += ["--distill-imagenet", f"{cfg['distill_imagenet']:g}"]
+    if cfg.get("teacher") and cfg["mode"] == "finetune":
+        parts += ["--teacher", cfg["teacher"], "--teacher-weight", f"{cfg.get('teacher_weight', 1.0):g}"]
     if cfg.get("trainable_stages"):
         parts += ["--trainable-stages", str(cfg["trainable_stages"])]
     if cfg["mode"] == "head":

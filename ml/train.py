@@ -30,6 +30,7 @@ from ml.data import AUDIT_SPLIT, apply_exclusions, class_weights, index_dataset,
 from ml.errors import BadImage, DatasetError
 from ml.images import open_image
 from ml.model import Classifier
+from ml.teacher import TEMPERATURE, Teacher, distillation_loss, student_view
 from ml.transforms import augmentation, eval_transform
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class TrainConfig:
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
     augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
     distill_imagenet: float = 0.0  # finetune: weight of keeping the frozen ImageNet head's answer (a regulariser)
+    teacher: str | None = None  # finetune: a model directory whose answers this run learns too (distillation)
+    teacher_weight: float = 1.0  # finetune: weight of the teacher's answer against the folder labels
     cache_dir: str | None = None
     threads: int | None = None
     device: str | None = None
@@ -80,6 +83,9 @@ class TrainConfig:
         if cfg.mode not in MODES:
             raise ValueError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
         cfg.image_size = cfg.image_size or backbone.preprocessing.size
+        if cfg.image_size % backbone.size_multiple:
+            raise ValueError(f"{backbone.name} takes input sizes that are multiples of {backbone.size_multiple}, "
+                             f"not {cfg.image_size}")
         if cfg.mode == "finetune":
             cfg.epochs = cfg.epochs or 10
             cfg.lr = cfg.lr or (3e-3 if backbone.from_scratch else 1e-3)
@@ -165,11 +171,8 @@ class FinetuneModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-DISTILL_TEMPERATURE = 2.0
-
-
 def imagenet_distillation(student: torch.Tensor, teacher: torch.Tensor,
-                          temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+                          temperature: float = TEMPERATURE) -> torch.Tensor:
     """How far the fine-tuned layers' ImageNet answer is from the frozen layers' one.
 
     Two terms: KL(teacher || student) over all 1000 classes, softened and scaled by T^2
@@ -180,11 +183,7 @@ def imagenet_distillation(student: torch.Tensor, teacher: torch.Tensor,
     90.3 % without it). It does not make the fine-tuned layers a footwear gate: on photos that
     are not sneakers they still drift (``bench.gate``), so the frozen branch stays in the graph.
     """
-    t = temperature
-    whole = nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=1),
-                                 nn.functional.log_softmax(teacher / t, dim=1),
-                                 log_target=True, reduction="batchmean") * t * t
-    return whole + _footwear_kl(student, teacher)
+    return distillation_loss(student, teacher, temperature) + _footwear_kl(student, teacher)
 
 
 def _footwear_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -202,15 +201,34 @@ def _footwear_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return nn.functional.kl_div(two_bins(student), two_bins(teacher), log_target=True, reduction="batchmean")
 
 
-def training_step_loss(model: FinetuneModel, images: torch.Tensor, targets: torch.Tensor,
-                       criterion: nn.Module, distill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class logits, loss): cross-entropy, plus the ImageNet distillation term when ``distill`` > 0."""
-    if not distill:
-        logits = model(images)
-        return logits, criterion(logits, targets)
-    feats, student, teacher = model.backbone.distill_outputs(images)
-    logits = model.head(feats)
-    return logits, criterion(logits, targets) + distill * imagenet_distillation(student, teacher)
+@dataclass
+class StepLoss:
+    """The training loss of one batch: cross-entropy on the folder labels, plus the distillation terms asked for.
+
+    ``size`` is the model's input size: with a teacher the loader yields views at the teacher's
+    size, and the model sees them resized.
+    """
+
+    criterion: nn.Module
+    size: int
+    distill_imagenet: float = 0.0
+    teacher: Teacher | None = None
+    teacher_weight: float = 1.0
+
+    def __call__(self, model: FinetuneModel, images: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits, loss)."""
+        view = student_view(images, self.size)
+        if self.distill_imagenet:
+            feats, student, frozen = model.backbone.distill_outputs(view)
+            logits = model.head(feats)
+            loss = self.criterion(logits, targets) + self.distill_imagenet * imagenet_distillation(student, frozen)
+        else:
+            logits = model(view)
+            loss = self.criterion(logits, targets)
+        if self.teacher is not None:
+            loss = loss + self.teacher_weight * distillation_loss(logits, self.teacher.logits(images))
+        return logits, loss
 
 
 def build_finetune_model(cfg: TrainConfig, classes: list[str]) -> FinetuneModel:
@@ -260,16 +278,16 @@ def _is_scratch(name: str) -> bool:
     return create_backbone(name, pretrained=False).from_scratch
 
 
-def train_one_epoch(model: FinetuneModel, loader: DataLoader, criterion: nn.Module,
+def train_one_epoch(model: FinetuneModel, loader: DataLoader, step_loss: StepLoss,
                     optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
-                    epoch: int, progress: bool, distill: float = 0.0) -> dict:
+                    epoch: int, progress: bool) -> dict:
     """One pass over train; returns mean loss and accuracy."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", disable=not progress, leave=False)
     for images, targets in bar:
         images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
-        logits, loss = training_step_loss(model, images, targets, criterion, distill)
+        logits, loss = step_loss(model, images, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -330,15 +348,18 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
 
     # channels_last: depthwise convolutions run about 3x faster on CPU in this layout
     model = build_finetune_model(cfg, classes).to(device, memory_format=torch.channels_last)
+    teacher = Teacher(Path(cfg.teacher), classes, prep).to(device) if cfg.teacher else None
     train_frame = frame[frame["split"] == "train"]
-    train_ds = ImageFrameDataset(train_frame, class_to_idx, augmentation(cfg.augment, prep))
+    train_prep = prep.with_size(teacher.size) if teacher else prep  # the teacher sees each view at its own size
+    train_ds = ImageFrameDataset(train_frame, class_to_idx, augmentation(cfg.augment, train_prep))
     val_ds = ImageFrameDataset(frame[frame["split"] == "val"], class_to_idx, eval_transform(prep))
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, len(train_ds))  # drop_last: a batch of one breaks BatchNorm
     train_loader = DataLoader(train_ds, batch_size=batch, shuffle=True, generator=gen, drop_last=True)
     val_loader = DataLoader(val_ds, batch_size=64)
     weights = torch.tensor(class_weights(np.array(train_ds.targets), len(classes)), device=device)
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    step_loss = StepLoss(nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing), cfg.image_size,
+                         cfg.distill_imagenet, teacher, cfg.teacher_weight)
     eval_criterion = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -370,8 +391,7 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
             log.info("early stop: val accuracy did not improve for %d epochs", stale)
             break
         t0 = time.time()
-        tr = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch + 1, cfg.progress,
-                             distill=cfg.distill_imagenet)
+        tr = train_one_epoch(model, train_loader, step_loss, optimizer, scheduler, device, epoch + 1, cfg.progress)
         va = evaluate_loader(model, val_loader, eval_criterion, device, progress=cfg.progress)
         history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"], "val_top3": va["top3"],

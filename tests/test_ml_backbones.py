@@ -68,6 +68,7 @@ def test_partial_finetune_keeps_a_frozen_imagenet_branch() -> None:
 def test_distillation_pulls_the_trained_tail_toward_the_frozen_imagenet_answer() -> None:
     from ml.train import imagenet_distillation
 
+    torch.manual_seed(0)  # the figures below depend on the input; other tests must not change it
     backbone = create_backbone("efficientnet_lite0", pretrained=True)
     backbone.prepare_finetune(3)
     x = torch.randn(4, 3, 64, 64)

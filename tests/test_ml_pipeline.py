@@ -343,3 +343,47 @@ def test_footwear_detector_rejects_non_footwear(sample_photos: Path, tmp_path: P
     scores = detector.score(photos)
     assert scores.shape == (3,) and (scores >= 0).all() and (scores < detector.threshold).all()
     assert detector.is_footwear(photos[0]) is False
+
+
+def test_distilling_a_trained_model_into_a_smaller_input(tmp_path: Path) -> None:
+    from ml.teacher import Teacher, distillation_loss, student_view
+    from ml.train import StepLoss
+
+    data = make_shapes_dataset(tmp_path / "data", per_class=6)
+    base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, batch_size=8, threads=1,
+                progress=False)
+    big = Path(run_training(TrainConfig(out_dir=str(tmp_path / "big"), image_size=64, **base)))
+    small = Path(run_training(TrainConfig(out_dir=str(tmp_path / "small"), image_size=32, teacher=str(big),
+                                          teacher_weight=0.5, classes=["red_disc", "green_bar"], **base)))
+    meta = read_model_json(small)
+    assert meta["preprocessing"]["size"] == 32 and meta["config"]["teacher"] == str(big)
+    assert f"--teacher {big} --teacher-weight 0.5" in (small / "README.md").read_text()  # made again the same way
+    assert Predictor.load(small, backend="torch", threads=1).predict([shape_image("red_disc", 5)])[0].top
+
+    # the teacher answers in the student's class order, at its own size; the student sees the same view smaller
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    teacher = Teacher(big, ["green_bar", "red_disc"], prep)
+    images = torch.stack([eval_transform(prep.with_size(64))(shape_image(label, 9)) for label in SHAPES])
+    net = load_net(big).eval()
+    with torch.no_grad():
+        whole = net.head(net.backbone(images))
+    assert teacher.size == 64 and torch.allclose(teacher.logits(images), whole[:, [1, 2]])
+    assert student_view(images, 32).shape == (3, 3, 32, 32) and student_view(images, 64) is images
+
+    student = build_finetune_model(TrainConfig(out_dir=str(tmp_path / "x"), image_size=32, **base).resolved(
+        create_backbone("simple_cnn", pretrained=False)), ["green_bar", "red_disc"]).eval()
+    targets = torch.tensor([0, 1, 0])
+    ce = torch.nn.CrossEntropyLoss()
+    logits, loss = StepLoss(ce, 32, teacher=teacher, teacher_weight=0.5)(student, images, targets)
+    expected = ce(logits, targets) + 0.5 * distillation_loss(logits, teacher.logits(images))
+    assert logits.shape == (3, 2) and torch.allclose(loss, expected)
+    assert float(distillation_loss(whole, whole)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(torch.tensor([[4.0, 0, 0]]), torch.tensor([[0, 4.0, 0]]))) > 1.0
+
+    with pytest.raises(ValueError, match="does not know blue_square"):
+        Teacher(small, sorted(SHAPES), prep)
+    with pytest.raises(ValueError, match="preprocessing"):
+        Teacher(big, ["red_disc"], create_backbone("resnet18", pretrained=False).preprocessing)
+    with pytest.raises(ValueError, match="multiples of 32, not 48"):
+        TrainConfig(out_dir=str(tmp_path / "y"), image_size=48, **base).resolved(
+            create_backbone("simple_cnn", pretrained=False))

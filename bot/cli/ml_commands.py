@@ -41,6 +41,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="finetune: train views (strong: random-resized crops and random erasing)")
     p.add_argument("--distill-imagenet", type=float, default=0.0, metavar="WEIGHT",
                    help="finetune: also keep the frozen ImageNet head's answer (a regulariser; e.g. 1.0)")
+    p.add_argument("--teacher", type=Path, default=None, metavar="MODEL_DIR",
+                   help="finetune: also learn this model's answers (distillation, e.g. into a smaller input size)")
+    p.add_argument("--teacher-weight", type=float, default=1.0, metavar="WEIGHT",
+                   help="finetune: weight of the teacher's answers against the folder labels")
     p.add_argument("--classes", default=None, help="comma-separated class folders to train on (default: all)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="finetune: start from this model directory's weights (same backbone layout)")
@@ -65,7 +69,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         patience=args.patience, aug_views=args.aug_views, flip_view=not args.no_flip_view,
         exclude_file=str(args.exclude) if args.exclude else None,
         init_from=str(args.init_from) if args.init_from else None, augment=args.augment,
-        distill_imagenet=args.distill_imagenet,
+        distill_imagenet=args.distill_imagenet, teacher=str(args.teacher) if args.teacher else None,
+        teacher_weight=args.teacher_weight,
         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         cache_dir=str(settings.cache_path), threads=args.threads, progress=not args.no_progress,
     )
