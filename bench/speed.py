@@ -113,7 +113,34 @@ def main(argv: list[str] | None = None) -> int:
     if known1 is not None:
         print(f"  a photo it knows skips the footwear branch: {known1:.2f} ms/image "
               f"({'OK' if known1 <= 5 else 'MISSED'} against 5 ms)")
+    print_floor(net, size, args.threads)
     return 0
+
+
+def print_floor(net, size: int, threads: int) -> None:
+    """The least time the network's arithmetic takes at this machine's best matrix-multiply rate.
+
+    Why: it says whether a miss is the runtime's fault (measured far above the floor) or the
+    network's (the floor itself is near or above the target), before anyone tunes threads.
+    """
+    import torch
+
+    from ml.cost import dense_gflops, floor_ms, multiply_adds
+
+    x = torch.zeros(1, 3, size, size)
+    if net.has_gate:
+        known = multiply_adds(net, lambda: net.classify(x))
+        with torch.no_grad():
+            shared = net.classify(x)[2]
+        whole = known + multiply_adds(net, lambda: net.gate(shared))
+    else:
+        known = whole = multiply_adds(net, lambda: net(x))
+    gflops = dense_gflops(threads)
+    print(f"arithmetic floor: this machine multiplies dense float32 matrices at {gflops:.0f} GFLOP/s on {threads} "
+          f"threads (best of 8, 2048x2048); at that rate the network needs at least "
+          f"{floor_ms(known, gflops):.2f} ms ({known / 1e6:.0f} M multiply-adds) for a photo it knows and "
+          f"{floor_ms(whole, gflops):.2f} ms ({whole / 1e6:.0f} M) with the footwear branch; 5 ms allows at most "
+          f"{gflops * 1e9 * 5e-3 / 2 / 1e6:.0f} M multiply-adds at that peak rate")
 
 
 if __name__ == "__main__":

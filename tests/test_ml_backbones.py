@@ -95,3 +95,20 @@ def test_distillation_pulls_the_trained_tail_toward_the_frozen_imagenet_answer()
     assert all(p.grad is None for p in backbone.imagenet_tail.parameters())  # the teacher stays frozen
     with pytest.raises(NotImplementedError):
         create_backbone("simple_cnn", pretrained=False).distill_outputs(x)
+
+
+def test_multiply_adds_and_the_floor_they_set() -> None:
+    from ml.cost import dense_gflops, floor_ms, multiply_adds
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    x = torch.zeros(1, 3, 16, 16)
+    assert multiply_adds(net, lambda: net(x)) == 8 * 16 * 16 * 27 + 8 * 16 * 16 * 9 + 4 * 8
+    assert multiply_adds(net, lambda: net(torch.zeros(2, 3, 16, 16))) == 2 * multiply_adds(net, lambda: net(x))
+    assert not net[0]._forward_hooks  # counting leaves the network as it was
+
+    lite0 = create_backbone("efficientnet_lite0", pretrained=False).eval()
+    macs = multiply_adds(lite0, lambda: lite0(torch.zeros(1, 3, 224, 224)))
+    assert 0.35e9 < macs < 0.42e9  # the published ~0.4 B multiply-adds of EfficientNet-Lite0 at 224 px
+    assert floor_ms(500_000_000, 100.0) == pytest.approx(10.0)
+    assert 1.0 < dense_gflops(threads=1, size=256, repeats=2) < 10_000
