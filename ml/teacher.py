@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ml.backbones import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ TEMPERATURE = 2.0
 class Teacher:
     """A frozen model directory's class logits, in the order of the student's classes."""
 
-    def __init__(self, model_dir: Path, classes: list[str], preprocessing) -> None:
+    def __init__(self, model_dir: Path, classes: list[str], preprocessing: Preprocessing) -> None:
         from ml.artifacts import load_net, read_model_json
         from ml.backbones import Preprocessing
 
