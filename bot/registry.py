@@ -3,8 +3,10 @@
 Every trained model becomes a numbered version: its directory is copied to
 ``<models_path>/<version>/`` (atomically: a bot never sees half a model) and a
 ``model_versions`` row records its metrics, data snapshot, config and status.
-A candidate is promoted only if it is not worse than the current model on the same
-fixed held-out test images; otherwise it is kept as ``rejected`` with the reason.
+A candidate is promoted only if it knows every class of the current model, loses no more
+than ``class_tolerance`` of top-1 on any of them and is not worse overall (``tolerance``),
+all on the same fixed held-out test images; otherwise it is kept as ``rejected`` with the
+reason. Classes the candidate adds are measured on their own test photos and reported.
 
 The row with ``is_current`` is the model every bot answers with. Bot processes poll
 ``current_version()`` (one indexed query) every few seconds and swap their
@@ -52,9 +54,9 @@ class BadModelDir(RegistryError):
 
 @dataclass(frozen=True)
 class HeldOutImage:
-    """One image of the fixed held-out test set."""
+    """One image of the fixed held-out test set; ``path`` is None for a photo a model carries only as features."""
 
-    path: Path
+    path: Path | None
     label: str
     sha1: str
 
@@ -70,6 +72,14 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, "top3": self.top3, "n": self.n, "per_label": self.per_label}
+
+    def restricted(self, labels: set[str]) -> EvalResult:
+        """The same figures over the photos of ``labels`` only (from ``per_label``)."""
+        rows = {label: row for label, row in self.per_label.items() if label in labels}
+        n = sum(row["n"] for row in rows.values())
+        top1 = sum(row["recall"] * row["n"] for row in rows.values()) / n if n else 0.0
+        top3 = sum(row.get("top3", row["recall"]) * row["n"] for row in rows.values()) / n if n else 0.0
+        return EvalResult(top1, top3, n, rows)
 
 
 #: Scores a model directory on test images; the default runs the ONNX Predictor.
@@ -95,7 +105,11 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of comparing a candidate with the current model."""
+    """The outcome of comparing a candidate with the current model.
+
+    ``candidate`` and ``current`` are measured on the same photos: those of the current
+    model's classes. ``new_classes`` holds the candidate's figures on the classes it adds.
+    """
 
     version: int
     promoted: bool
@@ -103,6 +117,7 @@ class Decision:
     candidate: EvalResult
     current: EvalResult | None
     current_version: int | None
+    new_classes: EvalResult | None = None
 
 
 def read_model_json(model_dir: Path) -> dict:
@@ -129,11 +144,13 @@ class ModelRegistry:
     """Model versions in the database, their files under ``models_path``."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], models_path: Path, *, tolerance: float = 0.0
+        self, sessions: sessionmaker[Session], models_path: Path, *, tolerance: float = 0.0,
+        class_tolerance: float = 0.05,
     ) -> None:
         self._sessions = sessions
         self.models_path = Path(models_path)
         self.tolerance = tolerance
+        self.class_tolerance = class_tolerance
 
     # --- reading ------------------------------------------------------------
     def current_version(self) -> int | None:
@@ -207,9 +224,11 @@ class ModelRegistry:
     def decide(self, version: int, test_set: Sequence[HeldOutImage], evaluate: Evaluator) -> Decision:
         """Evaluate the candidate and the current model on the same test images; promote or reject.
 
-        Only test images whose label the current model knows are compared (a class the
-        candidate adds cannot be held against the current model); the candidate is
-        promoted when its top-1 there is at least the current one's minus ``tolerance``.
+        The gate, in order: the candidate must know every class of the current model; on the
+        test photos of those classes it may lose at most ``class_tolerance`` of top-1 on any one
+        class (and never more than one photo's worth on a class with few photos), and at most
+        ``tolerance`` overall. The test photos of classes the candidate adds are measured and
+        reported, never held against the current model.
         """
         candidate = self.get(version)
         current = self.current()
@@ -218,29 +237,45 @@ class ModelRegistry:
             self._record_eval(version, result, None, None)
             self._set_current(version, status="promoted", reason="no current model")
             return Decision(version, True, "no current model", result, None, None)
-        known = set(model_labels(current.path))
-        common = [image for image in test_set if image.label in known]
-        if not common:
-            reason = "no test images for the current model's classes: cannot compare"
-            empty = EvalResult(0.0, 0.0, 0)
-            self._record_eval(version, empty, None, current.version)
-            self._reject(version, reason)
-            return Decision(version, False, reason, empty, None, current.version)
-        cand_result = evaluate(candidate.path, common)
+        known = model_labels(current.path)
+        offered = set(model_labels(candidate.path))
+        dropped = [label for label in known if label not in offered]
+        common = [image for image in test_set if image.label in set(known)]
+        added = [image for image in test_set if image.label in offered - set(known)]
+        if dropped or not common:
+            reason = (f"it does not know {', '.join(dropped)} any more: a new model never forgets a class"
+                      if dropped else "no test images for the current model's classes: cannot compare")
+            return self._refuse(version, current.version, reason)
+        everything = evaluate(candidate.path, [*common, *added])
+        cand_result, new_result = everything.restricted(set(known)), everything.restricted(offered - set(known))
         cur_result = evaluate(current.path, common)
-        self._record_eval(version, cand_result, cur_result, current.version)
-        promoted = cand_result.top1 >= cur_result.top1 - self.tolerance
-        verb = "not worse than" if promoted else "worse than"
-        reason = (
-            f"top-1 {cand_result.top1:.3f} vs {cur_result.top1:.3f} of version {current.version} "
-            f"on the same {len(common)} test images: {verb} the current model"
-        )
+        self._record_eval(version, cand_result, cur_result, current.version, new_result)
+        promoted, reason = self._verdict(cand_result, cur_result, current.version, len(common))
         if promoted:
             self._set_current(version, status="promoted", reason=reason)
         else:
             self._reject(version, reason)
         log.info("model version %d %s: %s", version, "promoted" if promoted else "rejected", reason)
-        return Decision(version, promoted, reason, cand_result, cur_result, current.version)
+        return Decision(version, promoted, reason, cand_result, cur_result, current.version,
+                        new_result if new_result.n else None)
+
+    def _verdict(self, candidate: EvalResult, current: EvalResult, current_version: int,
+                 n: int) -> tuple[bool, str]:
+        """(promoted, why): rejected for a class that lost too much or for the overall top-1."""
+        losses = class_losses(candidate, current, self.class_tolerance)
+        if losses:
+            return False, "it loses too much on " + "; ".join(losses) + " (same test photos as the current model)"
+        promoted = candidate.top1 >= current.top1 - self.tolerance
+        verb = "not worse than" if promoted else "worse than"
+        return promoted, (f"top-1 {candidate.top1:.3f} vs {current.top1:.3f} of version {current_version} "
+                          f"on the same {n} test images: {verb} the current model")
+
+    def _refuse(self, version: int, current_version: int, reason: str) -> Decision:
+        empty = EvalResult(0.0, 0.0, 0)
+        self._record_eval(version, empty, None, current_version)
+        self._reject(version, reason)
+        log.info("model version %d rejected: %s", version, reason)
+        return Decision(version, False, reason, empty, None, current_version)
 
     def rollback(self, version: int) -> VersionInfo:
         """Make ``version`` current again (any version whose files are still there)."""
@@ -288,7 +323,8 @@ class ModelRegistry:
             row.reason = reason
 
     def _record_eval(
-        self, version: int, candidate: EvalResult, current: EvalResult | None, against: int | None
+        self, version: int, candidate: EvalResult, current: EvalResult | None, against: int | None,
+        new_classes: EvalResult | None = None,
     ) -> None:
         with self._sessions.begin() as session:
             row = session.get(ModelVersion, version)
@@ -296,6 +332,7 @@ class ModelRegistry:
                 **(row.metrics or {}),
                 "test": candidate.as_dict(),
                 "current_test": current.as_dict() if current else None,
+                "new_classes_test": new_classes.as_dict() if new_classes and new_classes.n else None,
                 "compared_with": against,
             }
 
@@ -315,31 +352,67 @@ class ModelRegistry:
         )
 
 
+def class_losses(candidate: EvalResult, current: EvalResult, tolerance: float) -> list[str]:
+    """The classes on which the candidate's top-1 fell by more than ``tolerance`` (and more than one photo)."""
+    losses = []
+    for label, before in sorted(current.per_label.items()):
+        after = candidate.per_label.get(label, {"recall": 0.0, "n": before["n"]})
+        allowed = max(tolerance, 1.0 / max(before["n"], 1)) + 1e-9
+        if before["recall"] - after["recall"] > allowed:
+            losses.append(f"{label} {100 * before['recall']:.0f}% → {100 * after['recall']:.0f}% "
+                          f"on its {before['n']} test photos")
+    return losses
+
+
+def scores_result(labels: Sequence[str], ranked: Sequence[Sequence[str]]) -> EvalResult:
+    """Top-1, top-3 and per-label recall (and top-3) from each photo's true label and ranked guesses."""
+    per_label: dict[str, list[int]] = {}
+    for label, guesses in zip(labels, ranked, strict=True):
+        row = per_label.setdefault(label, [0, 0, 0])
+        row[0] += bool(guesses) and guesses[0] == label
+        row[1] += label in list(guesses)[:3]
+        row[2] += 1
+    n = len(labels)
+    return EvalResult(
+        top1=sum(r[0] for r in per_label.values()) / n if n else 0.0,
+        top3=sum(r[1] for r in per_label.values()) / n if n else 0.0,
+        n=n,
+        per_label={label: {"recall": h1 / t, "top3": h3 / t, "n": t} for label, (h1, h3, t) in per_label.items()},
+    )
+
+
+def features_evaluator(cache_dir: Path) -> Evaluator:
+    """Scores a model on held-out photos from the features it carries (or the files, through the cache).
+
+    Why not the ONNX Predictor: a head retrain keeps the backbone, so the features of the
+    carried test photos are exactly what the served graph computes; and a deployment has
+    only those features, not the photos.
+    """
+
+    def evaluate(model_dir: Path, images: Sequence[HeldOutImage]) -> EvalResult:
+        import numpy as np
+        import pandas as pd
+
+        from ml.retrain import score_rows
+
+        rows = pd.DataFrame({"sha1": [i.sha1 for i in images], "label": [i.label for i in images],
+                             "path": [str(i.path) if i.path else "" for i in images]})
+        probs, classes = score_rows(model_dir, rows, cache_dir)
+        ranked = [[classes[j] for j in order] for order in np.argsort(-probs, axis=1)[:, :3]]
+        return scores_result(list(rows["label"]), ranked)
+
+    return evaluate
+
+
 def predictor_evaluator(model_dir: Path, images: Sequence[HeldOutImage]) -> EvalResult:
     """Score a model directory with the ONNX Predictor: top-1, top-3, recall per label."""
     from ml.images import open_image  # heavy imports stay out of the bot's import path
     from ml.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
-    hits1 = hits3 = 0
-    per_label: dict[str, list[int]] = {}
-    batch_size = 32
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
+    ranked: list[list[str]] = []
+    for start in range(0, len(images), 32):
+        batch = images[start : start + 32]
         predictions = predictor.predict([open_image(image.path) for image in batch], k=3)
-        for image, prediction in zip(batch, predictions, strict=True):
-            labels = [guess.label for guess in prediction.top]
-            top1 = bool(labels) and labels[0] == image.label
-            hits1 += top1
-            hits3 += image.label in labels
-            per_label.setdefault(image.label, [0, 0])
-            per_label[image.label][0] += top1
-            per_label[image.label][1] += 1
-    n = len(images)
-    return EvalResult(
-        top1=hits1 / n if n else 0.0,
-        top3=hits3 / n if n else 0.0,
-        n=n,
-        per_label={label: {"recall": h / t, "n": t} for label, (h, t) in per_label.items()},
-    )
-
+        ranked += [[guess.label for guess in prediction.top] for prediction in predictions]
+    return scores_result([image.label for image in images], ranked)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 if TYPE_CHECKING:
+    from scraper.report import ScrapeReport
+
     from bot.services.admin import StatsView, StatusView
     from bot.services.retraining import RetrainOutcome
 
@@ -30,24 +32,51 @@ def _when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def scrape_summary(report: ScrapeReport) -> str:
+    """After a scrape: "scrape of nike_dunk_low: 78 of 80 stored (2 duplicates)" and what else happened."""
+    text = f"scrape of {report.label}: {report.stored} of {report.found} stored"
+    others = [(report.duplicates, "duplicates"), (report.rejected, "sent to review"),
+              (sum(report.failed.values()), "failed")]
+    details = ", ".join(f"{n} {what}" for n, what in others if n)
+    if details:
+        text += f" ({details})"
+    if report.blocked:
+        text += "; every source was blocked"
+    return text
+
+
+STAGES = {"embedding": "embedding photos", "training": "training the head", "comparing": "comparing with the current model"}
+
+
+def retrain_stage(stage: str, done: int, total: int) -> str:
+    """A retrain's progress: "retrain: embedding photos 1,200 / 6,129"."""
+    what = STAGES.get(stage, stage)
+    if stage == "comparing":
+        return f"retrain: {what}"
+    if done == 0:
+        return f"retrain: {stage} {total:,} {'photos' if stage == 'embedding' else 'steps'}"
+    return f"retrain: {what} {done:,} / {total:,}"
+
+
 def retrain_result(outcome: RetrainOutcome) -> str:
-    """After ``/retrain``: old vs new test accuracy and whether the new model serves now."""
+    """After ``/retrain``: promoted or not and why, new classes on their own test photos, the others before → after."""
     if outcome.decision is None:
         return f"Retrain skipped: {outcome.skipped or 'nothing to do'}."
     decision = outcome.decision
-    lines = [f"Retrain finished: version {decision.version}"]
+    verdict = "✅ promoted" if decision.promoted else "❌ not promoted"
+    lines = [f"{verdict} v{decision.version}" + (": the bot answers with it now" if decision.promoted else "")]
+    if decision.new_classes is not None:
+        for label, row in sorted(decision.new_classes.per_label.items()):
+            lines.append(f"• new: {label} {_pct(row['recall'])} on its {row['n']} test photos")
     if decision.current is not None:
         lines.append(
-            f"Test top-1: v{decision.current_version} {_pct(decision.current.top1)} → "
-            f"v{decision.version} {_pct(decision.candidate.top1)} "
-            f"(top-3 {_pct(decision.current.top3)} → {_pct(decision.candidate.top3)}, "
-            f"{decision.candidate.n} images)"
+            f"• the classes of v{decision.current_version}: top-1 {_pct(decision.current.top1)} → "
+            f"{_pct(decision.candidate.top1)} (top-3 {_pct(decision.current.top3)} → "
+            f"{_pct(decision.candidate.top3)}, the same {decision.candidate.n} test photos)"
         )
     else:
-        lines.append(f"Test top-1 {_pct(decision.candidate.top1)} on {decision.candidate.n} images")
-    verdict = "✅ promoted: the bot answers with it now" if decision.promoted else "❌ not promoted"
-    lines.append(verdict)
-    lines.append(f"{decision.reason}")
+        lines.append(f"• test top-1 {_pct(decision.candidate.top1)} on {decision.candidate.n} photos")
+    lines.append(decision.reason)
     return "\n".join(lines)
 
 

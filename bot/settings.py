@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     scraper_host_delay_s: float = 0.2
     scraper_retries: int = 2  # extra attempts after a connection error, 429 or 5xx
     scraper_max_items: int = 100  # search results per run when --max is not given
-    scraper_phash_distance: int = 6  # Hamming distance (of 64 bits) that counts as a near-duplicate
+    # pHash Hamming distance (of 64 bits) of a near-duplicate, which must also match in colour
+    # (scraper.images.is_near_duplicate; 8 measured by bench.dedupe)
+    scraper_phash_distance: int = 8
     scraper_footwear_check: bool = True  # send images the backbone does not see as footwear to review
     scraper_classifier_concurrency: int = 2  # parallel footwear checks (its ONNX session is thread-safe)
     chromium_path: str = "/usr/bin/chromium"
@@ -91,9 +93,11 @@ class Settings(BaseSettings):
     start_worker_in_bot: bool = True
     memory_match_threshold: float = 0.94  # cosine similarity of "the same or near-identical photo"
     memory_max_weight: float = 0.9  # largest share of an answer the memory may take
-    promotion_tolerance: float = 0.0  # a candidate may lose this much top-1 and still be promoted
+    promotion_tolerance: float = 0.0  # a candidate may lose this much top-1 overall and still be promoted
+    promotion_class_tolerance: float = 0.05  # ... and this much on any one class (at least one photo's worth)
     retrain_check_seconds: int = 30  # how often the worker looks for due work (corrections, requests)
-    retrain_epochs: int = 30  # head training epochs of a retrain
+    retrain_steps: int = 300  # full-batch steps of a head retrain (seconds on carried features)
+    base_dataset_dir: Path | None = None  # the photos the current model was trained from, if on this machine
     model_poll_seconds: float = 3.0  # how often a bot process checks the registry for a new model
     scrape_cron_hour: int = 4
     scrape_classes_per_run: int = 3  # most-corrected classes the daily scrape tops up

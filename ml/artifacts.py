@@ -6,12 +6,15 @@ model.json     format version, backbone, preprocessing, classes + display names,
 head.pt        classifier head + footwear scorer state
 backbone.pt    fine-tuned backbone weights (fp16), only when the backbone was trained
 centroids.npy  L2-normalised mean embedding per class (fp16), for the "familiar" verdict rule
+carried.npz    backbone features of its train/val/test photos (8 bit), what a head retrain needs (ml.carried)
+audit.csv      the label audit's flagged photos, when one was applied
 model.onnx     backbone + head + footwear in one graph (or built on first load into a cache)
 plots/*.png    curves.png, confusion.png, examples.png
 README.md      how it was made and its test metrics
 ```
 
-The class list lives only here (fastai's habit): the app never keeps its own.
+The class list lives only here (fastai's habit): the app never keeps its own. Every file a
+model.json names is inside the directory: a model copied anywhere works, and retrains, as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ml.model import CentroidFootwear, Classifier, ImageNetFootwear, SneakerNet
 FORMAT_VERSION = 1
 MODEL_JSON, HEAD_FILE, BACKBONE_FILE, ONNX_FILE = "model.json", "head.pt", "backbone.pt", "model.onnx"
 CENTROIDS_FILE = "centroids.npy"
+AUDIT_FILE = "audit.csv"  # the label audit's flagged photos, carried so a retrain splits the base data the same way
 
 
 def display_name(label: str) -> str:
@@ -160,9 +164,8 @@ def load_net(model_dir: Path, meta: dict | None = None) -> SneakerNet:
                                   for k, v in saved["state_dict"].items()})
     else:
         backbone = create_backbone(name, pretrained=True)
-    head_state = torch.load(model_dir / files.get("head", HEAD_FILE), map_location="cpu", weights_only=False)
-    head = Classifier(head_state["feature_dim"], head_state["n_classes"], head_state.get("dropout", 0.0))
-    head.load_state_dict(head_state["head"])
+    head_state = _head_state(model_dir, meta)
+    head = load_head(model_dir, meta, head_state)
     if head_state.get("footwear_method", "imagenet") == "centroid":
         footwear = CentroidFootwear(head_state["footwear"]["centroids"])
     else:
@@ -171,6 +174,19 @@ def load_net(model_dir: Path, meta: dict | None = None) -> SneakerNet:
         raise ModelDirError(f"{model_dir}: model.json lists {len(meta['classes'])} classes, "
                             f"head.pt has {head_state['n_classes']}")
     return SneakerNet(backbone, head, footwear).eval()
+
+
+def _head_state(model_dir: Path, meta: dict) -> dict:
+    return torch.load(Path(model_dir) / meta.get("files", {}).get("head", HEAD_FILE), map_location="cpu",
+                      weights_only=False)
+
+
+def load_head(model_dir: Path, meta: dict, state: dict | None = None) -> Classifier:
+    """The classifier head alone (eval mode): a retrain scores carried features with it, no backbone needed."""
+    state = state or _head_state(model_dir, meta)
+    head = Classifier(state["feature_dim"], state["n_classes"], state.get("dropout", 0.0))
+    head.load_state_dict(state["head"])
+    return head.eval()
 
 
 def weights_fingerprint(model_dir: Path, meta: dict) -> str:

@@ -75,7 +75,8 @@ class EmbeddingStore:
         self.dirty = False
 
 
-def _view_transform(view: str, prep: Preprocessing):
+def view_transform(view: str, prep: Preprocessing):
+    """The transform of one view: ``center`` (the eval preset), ``flip`` (its mirror), ``aug<i>`` (the train preset)."""
     if view == "center":
         return eval_transform(prep)
     if view == "flip":
@@ -83,7 +84,8 @@ def _view_transform(view: str, prep: Preprocessing):
     return train_transform(prep)
 
 
-def _seed_for(sha1: str, view: str) -> int:
+def seed_for(sha1: str, view: str) -> int:
+    """The seed of an augmented view: the same photo always gets the same view, so it can be cached."""
     return int(hashlib.sha1(f"{view}:{sha1}".encode()).hexdigest()[:8], 16)
 
 
@@ -123,12 +125,12 @@ def embed_frame(backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, vi
     for view in views:
         store = EmbeddingStore(root / f"{view}.npz") if root else EmbeddingStore(Path("/nonexistent/x.npz"))
         todo = store.missing(list(frame["sha1"]))
-        transform = _view_transform(view, prep)
+        transform = view_transform(view, prep)
         bar = tqdm(total=len(todo), desc=f"embed {view}", unit="img", disable=not progress or not todo, leave=False)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            images = [_load(paths[s]) for s in chunk]
-            seeds = None if view in ("center", "flip") else [_seed_for(s, view) for s in chunk]
+            images = [load_or_blank(paths[s]) for s in chunk]
+            seeds = None if view in ("center", "flip") else [seed_for(s, view) for s in chunk]
             feats, footwear = compute_features(backbone, images, transform, seeds)
             for sha, feat, fw in zip(chunk, feats, footwear):
                 store.put(sha, feat, fw)
@@ -144,7 +146,8 @@ def embed_frame(backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, vi
     return out
 
 
-def _load(path: str) -> Image.Image:
+def load_or_blank(path: str) -> Image.Image:
+    """The photo, or a blank one when it changed since it was indexed (a run never dies on one file)."""
     try:
         return open_image(Path(path), min_side=1)
     except (BadImage, OSError):

@@ -29,6 +29,7 @@ from ml.plots import plot_confusion, plot_curves, plot_examples
 from ml.transforms import eval_transform
 from ml.verdicts import known_level
 
+
 log = logging.getLogger(__name__)
 
 MAX_DIR_BYTES = 25 * 1024 * 1024  # keep model dirs small enough for the repo; ONNX is rebuilt on load otherwise
@@ -101,12 +102,24 @@ def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str]
     meta["files"]["onnx"] = _maybe_export_onnx(out, net, prep, meta)
     meta["onnx_check"] = _onnx_check(out, net, prep, outputs["val"][0], meta["files"]["onnx"], centroids.numpy())
     artifacts.write_model_json(out, meta)
-    write_readme(out, meta)
     if cfg.exclude_file and Path(cfg.exclude_file).is_file():  # the label audit travels with the model
-        shutil.copyfile(cfg.exclude_file, out / "audit.csv")
+        shutil.copyfile(cfg.exclude_file, out / artifacts.AUDIT_FILE)
+        meta["config"]["exclude_file"] = artifacts.AUDIT_FILE  # recorded relative to the model directory
+    artifacts.write_model_json(out, meta)
+    _carry(out, frame, cfg)
+    write_readme(out, artifacts.read_model_json(out))
     log.info("model written to %s (test top-1 %.3f, top-3 %.3f)", out, metrics["test"].get("top1", float("nan")),
              metrics["test"].get("top3", float("nan")))
     return out
+
+
+def _carry(out: Path, frame: pd.DataFrame, cfg) -> None:
+    """The features of every train, val and test photo under this model's backbone (``ml.carried``):
+    what a later head retrain needs instead of the photos."""
+    from ml.retrain import carry_frame
+
+    with tempfile.TemporaryDirectory() as tmp:
+        carry_frame(out, frame, Path(cfg.cache_dir) if cfg.cache_dir else Path(tmp))
 
 
 @torch.inference_mode()

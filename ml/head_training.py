@@ -28,21 +28,34 @@ EVAL_EVERY = 10  # steps between val checks; one "epoch" in the history and plot
 def fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, *, x_val: np.ndarray | None = None,
                y_val: np.ndarray | None = None, steps: int = 300, lr: float = 3e-3,
                weight_decay: float = 0.01, dropout: float = 0.2, label_smoothing: float = 0.1,
-               seed: int = 0, progress: bool = False) -> tuple[Classifier, list[dict]]:
-    """Train ``Classifier`` on features; keeps the weights with the best val accuracy."""
+               seed: int = 0, progress: bool = False, init: Classifier | None = None,
+               batch_size: int | None = None) -> tuple[Classifier, list[dict]]:
+    """Train ``Classifier`` on features; keeps the weights with the best val accuracy.
+
+    ``init`` warm starts from a fitted head (a retrain). Its own val accuracy is the first
+    one to beat, so a warm-started run never ends worse on val than where it began.
+    ``batch_size`` trains each step on a seeded random batch instead of every row: with
+    ~12k rows of 1280 features a full-batch step costs ~0.3 s on this CPU (most of it the
+    dropout mask), a batch of 1024 a few milliseconds.
+    """
     torch.manual_seed(seed)
-    head = Classifier(x.shape[1], n_classes, dropout)
-    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).long()
+    head = init if init is not None else Classifier(x.shape[1], n_classes, dropout)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
     weights = torch.from_numpy(class_weights(y, n_classes))
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history: list[dict] = []
     best_acc, best_state = -1.0, copy.deepcopy(head.state_dict())
+    if init is not None and x_val is not None:
+        best_acc = _evaluate(head, x_val, y_val)["acc"]
     for step in tqdm(range(1, steps + 1), desc="head", unit="step", disable=not progress, leave=False):
         head.train()
-        logits = head(xt)
-        loss = criterion(logits, yt)
+        rows = torch.randint(len(xt), (batch_size,), generator=gen) if batch_size and batch_size < len(xt) else None
+        xb, yb = (xt, yt) if rows is None else (xt[rows], yt[rows])
+        logits = head(xb)
+        loss = criterion(logits, yb)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -50,10 +63,11 @@ def fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, *, x_val: np.ndarra
         if x_val is None or (step % EVAL_EVERY and step != steps):
             continue
         val = _evaluate(head, x_val, y_val)
-        train_acc = float((logits.argmax(1) == yt).float().mean())
+        train_acc = float((logits.argmax(1) == yb).float().mean())
         history.append({"epoch": step // EVAL_EVERY, "train_loss": float(loss.detach()), "train_acc": train_acc,
                         "val_loss": val["loss"], "val_acc": val["acc"], "val_top3": val["top3"]})
-        if val["acc"] > best_acc:
+        if val["acc"] > best_acc or (init is not None and val["acc"] >= best_acc):
+            # warm started: a tie goes to the later weights, which learnt the new photos (val may hold none)
             best_acc, best_state = val["acc"], copy.deepcopy(head.state_dict())
     if x_val is not None:
         head.load_state_dict(best_state)

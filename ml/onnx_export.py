@@ -22,7 +22,12 @@ OPSET = 17
 
 def export_onnx(net: SneakerNet, path: Path, image_size: int) -> Path:
     """The whole model as one graph (images -> probs, embedding, footwear), written atomically."""
-    return _export(net.eval(), torch.zeros(2, 3, image_size, image_size), [INPUT], OUTPUTS, path)
+    return export_module(net, image_size, OUTPUTS, path)
+
+
+def export_module(module: torch.nn.Module, image_size: int, outputs: list[str], path: Path) -> Path:
+    """Any module of ``images`` (NCHW at ``image_size``) as a graph with these outputs, written atomically."""
+    return _export(module.eval(), torch.zeros(2, 3, image_size, image_size), [INPUT], outputs, path)
 
 
 def export_gated(net: SneakerNet, path: Path, image_size: int, centroids: np.ndarray) -> Path:

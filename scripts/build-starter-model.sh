@@ -57,7 +57,7 @@ step "$RUN" --epochs 5 --image-size 224 --lr 3e-4 --augment strong --distill-ima
 rm -rf "$OUT.new"
 mkdir -p "$OUT.new"
 cp -r "$RUN"/model.json "$RUN"/head.pt "$RUN"/README.md "$RUN"/plots "$OUT.new"/
-for optional in backbone.pt centroids.npy model.onnx audit.csv; do
+for optional in backbone.pt centroids.npy carried.npz model.onnx audit.csv; do
     if [ -f "$RUN/$optional" ]; then cp "$RUN/$optional" "$OUT.new"/; fi
 done
 cat >> "$OUT.new/README.md" <<'MD'

@@ -211,6 +211,19 @@ class TestUser:
         """The bot's next new message."""
         return (await self.next_event("message"))["message"]
 
+    async def message_starting(self, *prefixes: str, timeout: float = WAIT) -> tuple[dict, list[str]]:
+        """The first new message that starts with one of ``prefixes``, and the texts of those before it
+        (a worker's progress reports before its result)."""
+        seen: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.next_event("message", timeout=max(deadline - loop.time(), 0.001))
+            text = event["message"].get("text", "")
+            if text.startswith(prefixes):
+                return event["message"], seen
+            seen.append(text)
+
     async def edit(self) -> dict:
         """The bot's next edit."""
         return (await self.next_event("edit"))["message"]

@@ -71,7 +71,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_model: Path) -> Pa
         "SNEAKERBOT_ADMIN_IDS": str(ADMIN),
         "SNEAKERBOT_RETRAIN_MIN_CORRECTIONS": str(CORRECTIONS),
         "SNEAKERBOT_RETRAIN_CHECK_SECONDS": "1",
-        "SNEAKERBOT_RETRAIN_EPOCHS": "60",
+        "SNEAKERBOT_RETRAIN_STEPS": "200",
         "SNEAKERBOT_MODEL_POLL_SECONDS": "0.5",
         "SNEAKERBOT_INFERENCE_THREADS": "1",
     }.items():
@@ -203,9 +203,10 @@ async def test_a_worse_candidate_is_not_promoted(
 
     await admin.send_text("/retrain")
     assert "queued" in (await admin.reply())["text"]
-    report = await admin.next_event("message", timeout=WAIT_S)
-    text = report["message"]["text"]
-    assert "version 2" in text and "not promoted" in text
+    report, progress = await admin.message_starting("✅", "❌", "Retrain", timeout=WAIT_S)
+    text = report["text"]
+    assert "not promoted v2" in text and "worse than the current model" in text
+    assert progress[0] == "retrain: embedding 30 photos" and "retrain: comparing with the current model" in progress
 
     with bot.sessions() as session:
         v2 = session.get(ModelVersion, 2)

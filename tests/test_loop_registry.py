@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.registry import BadModelDir, ModelRegistry, HeldOutImage, UnknownVersion, predictor_evaluator
+from bot.registry import (
+    BadModelDir,
+    EvalResult,
+    HeldOutImage,
+    ModelRegistry,
+    UnknownVersion,
+    class_losses,
+    predictor_evaluator,
+)
 from loop_support import COLOURS, photo, shared_model
 
 pytestmark = pytest.mark.slow
@@ -67,7 +75,7 @@ def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(
     assert decision.candidate.n == decision.current.n == len(test_set)  # the same test images
     assert decision.candidate.top1 < decision.current.top1
     rejected = registry.get(2)
-    assert rejected.status == "rejected" and "worse than the current model" in rejected.reason
+    assert rejected.status == "rejected" and "loses too much on air_jordan_1 100% → 0%" in rejected.reason
     assert rejected.metrics["compared_with"] == 1 and rejected.data_snapshot == {"n": 60}
     assert registry.current_version() == 1
 
@@ -113,3 +121,28 @@ def test_a_class_the_candidate_adds_is_not_held_against_the_current_model(
     compared = [image for image in test_set if image.label != "air_jordan_4"]
     assert decision.candidate.n == decision.current.n == len(compared)
     assert decision.promoted and registry.current_version() == 2
+
+
+def test_a_candidate_that_forgets_a_class_is_rejected_with_the_class_named(
+    registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory, test_set: list[HeldOutImage],
+) -> None:
+    two_classes = shared_model(tmp_path_factory, "two", labels=["air_jordan_1", "air_jordan_3"])
+    registry.register(two_classes, data_snapshot={})
+
+    decision = registry.decide(2, test_set, predictor_evaluator)
+
+    assert not decision.promoted and registry.current_version() == 1
+    assert "does not know air_jordan_4 any more" in registry.get(2).reason
+
+
+def test_one_class_losing_more_than_the_tolerance_rejects_even_when_the_total_holds() -> None:
+    def result(recalls: dict[str, float], n: int = 20) -> EvalResult:
+        per_label = {label: {"recall": r, "top3": r, "n": n} for label, r in recalls.items()}
+        return EvalResult(sum(recalls.values()) / len(recalls), 0.0, n * len(recalls), per_label)
+
+    current = result({"a": 0.9, "b": 0.8})
+
+    assert class_losses(result({"a": 0.85, "b": 0.85}), current, 0.05) == []  # one photo in 20: within
+    assert class_losses(result({"a": 0.75, "b": 0.95}), current, 0.05) == ["a 90% → 75% on its 20 test photos"]
+    assert class_losses(result({"a": 0.5}, n=2), result({"a": 1.0}, n=2), 0.05) == []  # one photo of two
+    assert class_losses(result({"b": 0.8}), current, 0.05)[0].startswith("a 90% → 0%")  # a class it lost

@@ -16,7 +16,6 @@ from bot.services.retraining import (
     consume_feedback,
     count_new_corrections,
     database_images,
-    merge,
     snapshot,
     split_for,
 )
@@ -67,19 +66,25 @@ def test_database_images_get_their_split_once(sessions: sessionmaker[Session], t
     assert all(stored[i.sha1] == i.split for i in images)
 
 
-def test_base_test_images_stay_in_test_and_newest_label_wins() -> None:
-    base = [TrainingImage(Path("d/a.jpg"), "a", "s1", "test", "dataset"),
-            TrainingImage(Path("d/b.jpg"), "b", "s2", "train", "dataset")]
-    extra = [TrainingImage(Path("i/a.jpg"), "c", "s1", "train", "user"),
-             TrainingImage(Path("i/b.jpg"), "c", "s2", "test", "scraper"),
-             TrainingImage(Path("i/n.jpg"), "c", "s3", "val", "user")]
+def test_a_carried_test_photo_stays_in_test_and_the_newest_label_wins() -> None:
+    import numpy as np
+    import pandas as pd
 
-    merged = {i.sha1: i for i in merge(base, extra)}
+    from ml.carried import Carried
+    from ml.retrain import keep_test_split
 
-    assert (merged["s1"].label, merged["s1"].split) == ("c", "test")
-    assert (merged["s2"].label, merged["s2"].split) == ("c", "train")  # a train image never moves into test
-    assert snapshot(list(merged.values())) == {
-        "n": 3, "classes": {"c": 3}, "splits": {"test": 1, "train": 1, "val": 1}, "sha1": ["s1", "s2", "s3"]}
+    carried = Carried(pd.DataFrame({"sha1": ["s1", "s2"], "label": ["a", "b"], "split": ["test", "train"],
+                                    "view": ["center", "center"], "footwear": [0.5, 0.5]}), np.zeros((2, 4)))
+    frame = pd.DataFrame({"path": ["i/a.jpg", "i/b.jpg", "i/n.jpg"], "label": ["c", "c", "c"],
+                          "sha1": ["s1", "s2", "s3"], "split": ["train", "test", "val"]})
+
+    kept = keep_test_split(frame, carried).set_index("sha1")
+
+    assert kept.loc["s1", "split"] == "test"  # held out by the base model: never trained on
+    assert kept.loc["s2", "split"] == "test" and kept.loc["s3", "split"] == "val"
+    assert list(carried.without({"s1"}).frame["sha1"]) == ["s2"]  # the database's label replaces the carried one
+    assert snapshot([TrainingImage(Path("x"), "c", "s3", "val", "user")]) == {
+        "n": 1, "classes": {"c": 1}, "splits": {"val": 1}, "sha1": ["s3"]}
 
 
 def test_corrections_count_until_a_retrain_uses_them(sessions: sessionmaker[Session]) -> None:

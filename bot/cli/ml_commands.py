@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_predict(sub)
     _register_eval(sub)
     _register_audit(sub)
+    _register_carry(sub)
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
@@ -163,4 +164,33 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
                        image_size=args.image_size, folds=args.folds, cache_dir=settings.cache_path,
                        threads=args.threads)
     print(f"{int(report['flagged'].sum())} of {len(report)} images flagged -> {args.out}")
+    return 0
+
+
+def _register_carry(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("carry", help="store a model's training features in its directory (what a retrain needs)",
+                       description="Embed the photos MODEL_DIR was trained from (DATA_DIR/<label>/*, split as its "
+                                   "training split them) into MODEL_DIR/carried.npz, so retrains need no dataset.")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_carry)
+
+
+def cmd_carry(args: argparse.Namespace, settings: Settings) -> int:
+    """Embed and report how many rows the model directory carries now."""
+    from tqdm.auto import tqdm
+
+    from ml.retrain import carry_dataset
+
+    bar = tqdm(desc="embedding", unit="view", disable=args.no_progress)
+
+    def progress(_stage: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    settings.ensure_dirs()
+    rows = carry_dataset(args.model_dir, args.data_dir, settings.cache_path, progress=progress)
+    bar.close()
+    print(f"{args.model_dir}: carries {rows} feature rows ({args.model_dir / 'carried.npz'})")
     return 0

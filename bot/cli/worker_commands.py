@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Prepare the database and registry, then run the scheduler until SIGINT/SIGTERM."""
-    from bot.jobs.context import registry_for
+    from bot.jobs.context import close_interrupted_runs, registry_for
     from bot.jobs.scheduler import Worker
     from bot.registry import BadModelDir
     from bot.store.db import init_db, session_factory
@@ -29,6 +29,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # one line per check is noise
     settings.ensure_dirs()
     engine = init_db(settings.db_url)
+    close_interrupted_runs(session_factory(engine))
     try:
         registry_for(settings, session_factory(engine)).install_starter(settings.starter_model_dir)
     except BadModelDir as exc:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.registry import ModelRegistry
@@ -31,6 +31,8 @@ class JobContext:
     engine: Engine
     sessions: sessionmaker[Session]
     registry: ModelRegistry
+    job_id: str = ""
+    run_id: int | None = None  # the ``job_runs`` row of a run that reported progress (``report``)
 
     @classmethod
     @contextmanager
@@ -49,6 +51,20 @@ class JobContext:
         finally:
             engine.dispose()
 
+    def report(self, text: str) -> None:
+        """Say what the run is doing now: a ``job_runs`` row without ``finished_at``, which ``/status`` shows.
+
+        Why a row: ``/status`` runs in the bot process; the database is what the two share.
+        """
+        with self.sessions.begin() as session:
+            row = session.get(JobRun, self.run_id) if self.run_id is not None else None
+            if row is None:
+                row = JobRun(job_id=self.job_id, started_at=utcnow(), outcome=text[:2000])
+                session.add(row)
+                session.flush()
+                self.run_id = row.id
+            row.outcome = text[:2000]
+
     def notify(self, chat_id: int | None, text: str) -> None:
         """Leave ``text`` for ``chat_id`` in the outbox; a bot process sends it."""
         if chat_id is None:
@@ -59,7 +75,8 @@ class JobContext:
 
 def registry_for(settings: Settings, sessions: sessionmaker[Session]) -> ModelRegistry:
     """The model registry as the settings configure it (the one way to build it)."""
-    return ModelRegistry(sessions, settings.models_path, tolerance=settings.promotion_tolerance)
+    return ModelRegistry(sessions, settings.models_path, tolerance=settings.promotion_tolerance,
+                         class_tolerance=settings.promotion_class_tolerance)
 
 
 def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None:
@@ -69,19 +86,38 @@ def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None
     (the frequent check job); an exception is logged with its message and re-raised.
     """
     with JobContext.open() as ctx:
+        ctx.job_id = job_id
         started = utcnow()
         try:
             outcome = body(ctx)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            _log_run(ctx, job_id, started, f"failed: {exc}")
+            _log_run(ctx, started, f"failed: {exc}")
             raise
         if outcome is not None:
             log.info("job %s: %s", job_id, outcome)
-            _log_run(ctx, job_id, started, outcome)
+        _log_run(ctx, started, outcome)
         return outcome
 
 
-def _log_run(ctx: JobContext, job_id: str, started: object, outcome: str) -> None:
+def _log_run(ctx: JobContext, started: object, outcome: str | None) -> None:
+    """Finish the run's row (the one ``report`` started, or a new one); a run with nothing to say leaves none."""
     with ctx.sessions.begin() as session:
-        session.add(JobRun(job_id=job_id, started_at=started, finished_at=utcnow(), outcome=outcome[:2000]))
+        row = session.get(JobRun, ctx.run_id) if ctx.run_id is not None else None
+        if outcome is None:
+            if row is not None:
+                session.delete(row)
+            return
+        if row is None:
+            row = JobRun(job_id=ctx.job_id, started_at=started)
+            session.add(row)
+        row.finished_at, row.outcome = utcnow(), outcome[:2000]
+
+
+def close_interrupted_runs(sessions: sessionmaker[Session]) -> int:
+    """Runs a stopped worker left unfinished are marked so; ``/status`` never shows them as running."""
+    with sessions.begin() as session:
+        rows = list(session.scalars(select(JobRun).where(JobRun.finished_at.is_(None))))
+        for row in rows:
+            row.finished_at, row.outcome = utcnow(), f"interrupted (the worker stopped): {row.outcome or ''}"[:2000]
+        return len(rows)

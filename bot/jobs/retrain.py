@@ -6,6 +6,8 @@ each returns early when there is nothing to do (idempotent).
 
 from __future__ import annotations
 
+import time
+
 from bot.jobs.context import JobContext, run_job
 from bot.services.retraining import Retrainer, RetrainOutcome, count_new_corrections
 
@@ -26,11 +28,12 @@ def retrain_nightly() -> str | None:
 
 
 def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
-    """An admin's ``/retrain``: train now and tell the admins old vs new metrics."""
+    """An admin's ``/retrain``: train now, tell the admins each stage and then old vs new metrics."""
 
     def body(ctx: JobContext) -> str:
         try:
-            outcome = retrainer(ctx).retrain(only_if_new_data=False, reason="requested by an admin")
+            progress = RetrainProgress(ctx, notify_chat_ids or [])
+            outcome = retrainer(ctx, progress).retrain(only_if_new_data=False, reason="requested by an admin")
         except Exception as exc:
             for chat_id in notify_chat_ids or []:
                 ctx.notify(chat_id, f"Retrain failed: {exc}")
@@ -52,15 +55,44 @@ def _retrain_if_due(ctx: JobContext) -> str | None:
     return outcome.summary()
 
 
-def retrainer(ctx: JobContext) -> Retrainer:
-    """The retrainer as the settings configure it."""
+def retrainer(ctx: JobContext, progress: RetrainProgress | None = None) -> Retrainer:
+    """The retrainer as the settings configure it; its progress shows in ``/status``."""
     return Retrainer(
         ctx.sessions,
         ctx.registry,
         data_dir=ctx.settings.data_dir,
         cache_dir=ctx.settings.cache_path,
-        epochs=ctx.settings.retrain_epochs,
+        steps=ctx.settings.retrain_steps,
+        base_dataset_dir=ctx.settings.base_dataset_dir,
+        progress=progress or RetrainProgress(ctx, []),
     )
+
+
+class RetrainProgress:
+    """Turns a retrain's (stage, done, total) into a ``/status`` line and a message per stage.
+
+    The ``job_runs`` row is updated at most every ``every_s`` seconds (and at a stage's end);
+    the admins who asked get one message when a stage starts, not a stream.
+    """
+
+    def __init__(self, ctx: JobContext, chat_ids: list[int], every_s: float = 2.0) -> None:
+        self.ctx, self.chat_ids, self.every_s = ctx, chat_ids, every_s
+        self.stage: str | None = None
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from bot.render_admin import retrain_stage
+
+        text = retrain_stage(stage, done, total)
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage = stage
+            for chat_id in self.chat_ids:
+                self.ctx.notify(chat_id, text)
+        elif now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        self.ctx.report(text)
 
 
 def retrain_report(outcome: RetrainOutcome) -> str:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from bot.jobs.context import JobContext, run_job
+from bot.render_admin import scrape_summary
 from bot.services.scraping import budget_left_today, most_corrected_labels, scrape_label
 
 SCRAPE_NOW_FUNC = "bot.jobs.scrape:scrape_now"
@@ -29,9 +30,7 @@ def scrape_now(
             text = f"scrape of {label} skipped: today's budget of {ctx.settings.scrape_daily_budget} is used up"
         else:
             report = scrape_label(ctx, label, allowed)
-            text = f"scrape of {label}: stored {report.stored} of {report.found} found"
-            if report.blocked:
-                text += " (every source was blocked)"
+            text = scrape_summary(report)
         if then_retrain:
             from bot.jobs.retrain import RETRAIN_NOW_FUNC
             from bot.jobs.scheduler import TRAINING_EXECUTOR, enqueue

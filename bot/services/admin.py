@@ -133,7 +133,9 @@ class AdminService:
             select(JobRun.job_id, func.max(JobRun.id).label("id")).group_by(JobRun.job_id).subquery()
         )
         rows = session.execute(select(JobRun).join(newest, JobRun.id == newest.c.id)).scalars()
-        return {row.job_id: (row.finished_at or row.started_at, row.outcome or "") for row in rows}
+        return {row.job_id: (row.finished_at or row.started_at,
+                             row.outcome or "" if row.finished_at else f"running now: {row.outcome or ''}")
+                for row in rows}
 
     def classes(self) -> list[tuple[str, str, int, bool]]:
         """Every class: label, display name, training images, known by the current model."""

@@ -1,10 +1,12 @@
 """Retraining: gather the data, train a candidate, let the registry promote or reject it.
 
 Training data is every ``images`` row with status ``train`` (users, scraper, datasets)
-plus the dataset the current model was built from. Splits are fixed once chosen and
-derived from the content hash, so they never move between retrains: photos from users
-go to train/val only, never into the held-out test set; scraped and dataset images may
-land in test (10%). Candidate and current model are compared on the same test images.
+plus what the current model carries: the features of the photos it was built from
+(``ml.carried``), so a retrain needs no dataset on this machine and never loses a class.
+Splits are fixed once chosen and derived from the content hash, so they never move
+between retrains: photos from users go to train/val only, never into the held-out test
+set; scraped and dataset images may land in test (10%). Candidate and current model are
+compared on the same test photos: the ones the current model carries plus the database's.
 
 Runs in the worker (``bot.jobs.retrain``), never on the bot's event loop.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,23 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.registry import (
     Decision,
     Evaluator,
-    ModelRegistry,
     HeldOutImage,
+    ModelRegistry,
     VersionInfo,
-    backbone_name,
-    predictor_evaluator,
-    read_model_json,
+    features_evaluator,
 )
-from bot.store.models import Feedback, Image, ModelVersion
+from bot.store.models import Feedback, Image, ModelVersion, SneakerClass
 
 log = logging.getLogger(__name__)
 
 USER_SOURCE = "user"
 CORRECTION = "wrong"
-
-
-class RetrainError(Exception):
-    """A retrain could not run (no current model, too little data)."""
 
 
 @dataclass(frozen=True)
@@ -104,57 +101,6 @@ def database_images(sessions: sessionmaker[Session], data_dir: Path) -> list[Tra
     return images
 
 
-def base_dataset_images(model_dir: Path) -> list[TrainingImage]:
-    """The dataset a model was trained from, split exactly as it was (empty if not on this machine).
-
-    ``model.json`` carries the resolved training config (data dir, seed, fractions,
-    exclusions); ``ml.train.prepare_data`` reproduces the same split from it.
-    """
-    from ml.train import prepare_data
-
-    config = train_config_of(model_dir)
-    if config is None or not Path(config.data_dir).is_dir():
-        log.info("the base dataset of %s is not on this machine: database images only", model_dir)
-        return []
-    frame, _classes, _snapshot = prepare_data(config)
-    return [
-        TrainingImage(Path(row.path), row.label, row.sha1, row.split, "dataset")
-        for row in frame.itertuples(index=False)
-    ]
-
-
-def train_config_of(model_dir: Path):  # noqa: ANN201 - ml.train.TrainConfig | None
-    """The training config stored in a model directory, as an ``ml.train.TrainConfig``."""
-    from dataclasses import fields
-
-    from ml.train import TrainConfig
-
-    from bot.settings import REPO_ROOT
-
-    stored = read_model_json(model_dir).get("config") or {}
-    names = {f.name for f in fields(TrainConfig)}
-    values = {key: value for key, value in stored.items() if key in names}
-    if "data_dir" not in values:
-        return None
-    data_dir = Path(values["data_dir"])
-    if not data_dir.is_absolute() and not data_dir.is_dir():
-        values["data_dir"] = str(REPO_ROOT / data_dir)  # the starter is built from the repository root
-    return TrainConfig(**{"out_dir": str(model_dir), **values, "progress": False})
-
-
-def merge(base: list[TrainingImage], extra: list[TrainingImage]) -> list[TrainingImage]:
-    """Images by content hash; a database row (newest label) wins over the base dataset."""
-    by_sha1 = {image.sha1: image for image in base}
-    for image in extra:
-        previous = by_sha1.get(image.sha1)
-        # A base-dataset test image stays in test even if it shows up again from elsewhere.
-        split = "test" if previous is not None and previous.split == "test" else image.split
-        if previous is not None and previous.split != "test" and image.split == "test":
-            split = previous.split
-        by_sha1[image.sha1] = TrainingImage(image.path, image.label, image.sha1, split, image.source)
-    return list(by_sha1.values())
-
-
 def snapshot(images: list[TrainingImage]) -> dict:
     """The data a model was built from: images per class and split, and every sha1."""
     return {
@@ -191,66 +137,33 @@ def consume_feedback(sessions: sessionmaker[Session], version: int) -> int:
         return result.rowcount or 0
 
 
-def train_head(base_model_dir: Path, images: list[TrainingImage], out: Path, *, epochs: int,
-               cache_dir: Path, threads: int = 1) -> Path:
-    """Train a head with the ML package on ``images`` (their splits as given) into ``out``.
+def display_names(sessions: sessionmaker[Session]) -> dict[str, str]:
+    """The catalogue's names (``/addclass``): a new class is named as the admin named it."""
+    with sessions() as session:
+        return dict(session.execute(select(SneakerClass.label, SneakerClass.display_name)).all())
 
-    Uses ``ml``'s own head-mode steps (cached embeddings, linear head, a finalised model
-    directory with metrics, thresholds, ONNX and plots), configured like the base model.
-    A fine-tuned base keeps its backbone: only the head is retrained on its features,
-    and the candidate ships that backbone too.
+
+def held_out(current: VersionInfo, images: list[TrainingImage]) -> list[HeldOutImage]:
+    """The gate's test photos: those the current model carries for test, plus the database's test photos.
+
+    A database photo's label wins over a carried one (a user's correction of a scraped label).
     """
-    import pandas as pd
-    import torch
+    from ml.artifacts import read_model_json
+    from ml.carried import Carried
 
-    from ml.finalize import finalize_model
-    from ml.head_training import fit_head_from_embeddings
-    from ml.train import TrainConfig
-
-    base = train_config_of(base_model_dir)
-    meta = read_model_json(base_model_dir)
-    values = {**(vars(base) if base else {"data_dir": ""}), "backbone": backbone_name(meta), "out_dir": str(out),
-              "mode": "head", "epochs": epochs, "threads": threads, "progress": False, "exclude_file": None}
-    torch.set_num_threads(threads)
-    torch.manual_seed(int(values.get("seed", 0)))
-    if base and base.cache_dir and Path(base.cache_dir).is_absolute() and Path(base.cache_dir).is_dir():
-        cache_dir = Path(base.cache_dir)  # the base model's own cache: its images are embedded already
-    backbone, cache = base_backbone(base_model_dir, meta, Path(cache_dir), pretrained=values.get("pretrained", True))
-    config = TrainConfig(**{**values, "cache_dir": str(cache)}).resolved(backbone)
-    prep = backbone.preprocessing.with_size(config.image_size)
-    frame = pd.DataFrame(
-        [{"path": str(i.path), "label": i.label, "sha1": i.sha1, "split": i.split, "source": i.source}
-         for i in images]
-    )
-    classes = sorted(frame["label"].unique())
-    head, history = fit_head_from_embeddings(config, backbone, prep, frame, classes)
-    snapshot = {"images": len(frame), "classes": len(classes),
-                "splits": {k: int(v) for k, v in frame["split"].value_counts().items()}}
-    if meta.get("backbone", {}).get("finetuned"):
-        # finalize_model ships the backbone weights only for fine-tuned models.
-        config.mode = "finetune"
-        config.extra = {**config.extra, "retrain": "head only, on the base model's fine-tuned backbone"}
-    return finalize_model(config, backbone, head, classes, frame, prep, history, snapshot)
-
-
-def base_backbone(model_dir: Path, meta: dict, cache_dir: Path, *, pretrained: bool):  # noqa: ANN201
-    """The base model's backbone and the embedding cache its features belong in.
-
-    Pretrained backbones share the cache (keyed by name and preprocessing); a fine-tuned
-    one gets a cache of its own, keyed by its weights, so features never mix.
-    """
-    if meta.get("backbone", {}).get("finetuned"):
-        from ml.artifacts import load_net, weights_fingerprint
-
-        tag = weights_fingerprint(model_dir, meta)[:16]
-        return load_net(model_dir, meta).backbone, cache_dir / f"finetuned-{tag}"
-    from ml.backbones import create_backbone
-
-    return create_backbone(backbone_name(meta), pretrained=pretrained), cache_dir
+    carried = Carried.load(current.path, read_model_json(current.path))
+    test: dict[str, HeldOutImage] = {}
+    if carried is not None:
+        rows = carried.select(split="test", view="center").frame
+        test = {sha: HeldOutImage(None, label, sha) for sha, label in zip(rows["sha1"], rows["label"])}
+    for image in images:
+        if image.split == "test" or image.sha1 in test:
+            test[image.sha1] = HeldOutImage(image.path, image.label, image.sha1)
+    return list(test.values())
 
 
 class Retrainer:
-    """Builds candidates from the current model's backbone and the collected data."""
+    """Builds candidates from the current model (its backbone and what it carries) and the database's photos."""
 
     def __init__(
         self,
@@ -259,47 +172,53 @@ class Retrainer:
         *,
         data_dir: Path,
         cache_dir: Path,
-        epochs: int,
-        evaluate: Evaluator = predictor_evaluator,
+        steps: int,
+        base_dataset_dir: Path | None = None,
+        evaluate: Evaluator | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.registry = registry
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir)
-        self.epochs = epochs
-        self.evaluate = evaluate
-
-    def collect(self, current: VersionInfo) -> list[TrainingImage]:
-        """Base dataset of the current model plus the database's training images."""
-        assign_splits(self.sessions)
-        return merge(base_dataset_images(current.path), database_images(self.sessions, self.data_dir))
+        self.steps = steps
+        self.base_dataset_dir = base_dataset_dir
+        self.evaluate = evaluate or features_evaluator(self.cache_dir)
+        self.progress = progress
 
     def retrain(self, *, only_if_new_data: bool, reason: str) -> RetrainOutcome:
         """Train a candidate on everything we have, then promote or reject it."""
         current = self.registry.current()
         if current is None:
             return RetrainOutcome(skipped="no current model to start from")
-        images = self.collect(current)
+        assign_splits(self.sessions)
+        images = database_images(self.sessions, self.data_dir)
         if only_if_new_data and {i.sha1 for i in images} <= last_snapshot_sha1s(self.sessions):
             return RetrainOutcome(skipped="no new training data since the last model", previous=current)
-        test = [HeldOutImage(image.path, image.label, image.sha1) for image in images if image.split == "test"]
-        if len({image.label for image in images if image.split == "train"}) < 2:
-            return RetrainOutcome(skipped="fewer than two classes with training images", previous=current)
         with tempfile.TemporaryDirectory(prefix="retrain-", dir=self._work_dir()) as work:
-            out = Path(work) / "model"
-            out = self._train(current, images, out)
+            out = self._train(current, images, Path(work) / "model")
             candidate = self.registry.register(
                 out,
                 data_snapshot=snapshot(images),
-                config={"reason": reason, "parent_version": current.version, "epochs": self.epochs},
+                config={"reason": reason, "parent_version": current.version, "steps": self.steps},
             )
         consume_feedback(self.sessions, candidate.version)
-        decision = self.registry.decide(candidate.version, test, self.evaluate)
+        if self.progress:
+            self.progress("comparing", 0, 1)
+        decision = self.registry.decide(candidate.version, held_out(current, images), self.evaluate)
         return RetrainOutcome(skipped=None, decision=decision, previous=current)
 
     def _train(self, current: VersionInfo, images: list[TrainingImage], out: Path) -> Path:
-        """Head mode on cached embeddings, the current model's backbone and settings, fixed splits."""
-        return train_head(current.path, images, out, epochs=self.epochs, cache_dir=self.cache_dir)
+        """A head retrain (``ml.retrain``) on the current model's carried features plus the database's photos."""
+        import pandas as pd
+
+        from ml.retrain import RetrainSettings, retrain_head
+
+        frame = pd.DataFrame([{"path": str(i.path), "label": i.label, "sha1": i.sha1, "split": i.split}
+                              for i in images], columns=["path", "label", "sha1", "split"])
+        settings = RetrainSettings(steps=self.steps, cache_dir=self.cache_dir, base_dataset_dir=self.base_dataset_dir)
+        return retrain_head(current.path, frame, out, settings=settings, display_names=display_names(self.sessions),
+                            progress=self.progress)
 
     def _work_dir(self) -> Path:
         work = self.registry.models_path / ".work"

@@ -1,0 +1,404 @@
+"""Retrain a model's head on what it carries plus new photos, without the original dataset.
+
+``retrain_head(base_model_dir, frame, out, ...)``: the candidate keeps the base model's
+backbone byte for byte and learns a new head over
+
+- the features the base model carries (``ml.carried``: every train, val and test photo it
+  was built from, under its own backbone), so no class is ever lost for want of photos;
+- the new photos of ``frame`` (the database's scraped, confirmed and corrected ones),
+  embedded with ONNX Runtime through the data dir's cache (``ml.features``);
+- optionally a base dataset folder, used only to add photos the model does not carry yet.
+
+Why the head is warm started from the base head: a head retrained from scratch on frozen
+features must rediscover what the base head already knows, and the old retrain did it with
+the fine-tune's learning rate (3e-4) for 30 full-batch steps: it stopped far short of a fit
+and lost 30 points of top-1. Starting from the base head (new classes' rows from their
+centroids) and keeping the best val accuracy, with the start itself as the first to beat,
+a retrain with no new data reproduces the model it starts from, and a new class is learnt
+in a few hundred steps of seconds each.
+
+The candidate is a complete model directory: thresholds calibrated on val, metrics on
+test, plots, the merged carried features, and ``model.json`` with no path outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ml import artifacts
+from ml.calibrate import calibrate_thresholds
+from ml.carried import CARRIED_VIEWS, Carried
+from ml.data import AUDIT_SPLIT, apply_exclusions, index_dataset, split_dataset
+from ml.errors import MLError
+from ml.evaluate import compute_metrics
+from ml.features import FeatureExtractor
+from ml.head_training import fit_linear, predict_proba
+from ml.model import Classifier
+from ml.plots import plot_confusion, plot_curves, plot_examples
+
+log = logging.getLogger(__name__)
+
+#: (stage, done, total): "embedding" photos, or "training" steps.
+ProgressFn = Callable[[str, int, int], None]
+HEAD_LR = 1e-3
+EXAMPLES = 36
+
+
+class RetrainError(MLError):
+    """A retrain that cannot run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """How a head retrain runs (the worker's settings)."""
+
+    steps: int = 300
+    lr: float = HEAD_LR
+    batch_size: int = 1024
+    seed: int = 0
+    cache_dir: Path = Path("var/cache")
+    base_dataset_dir: Path | None = None
+    threads: int | None = None
+
+
+# --------------------------------------------------------------------------- carried data
+
+
+def dataset_frame(model_dir: Path, data_dir: Path, *, progress: bool = False) -> pd.DataFrame:
+    """The photos of a base dataset folder that a model knows, split exactly as its training split them.
+
+    The split depends only on each photo's sha1 and the model's seed and fractions
+    (``ml.data.split_dataset``); the label audit the model carries (``audit.csv``) sets the
+    same photos aside.
+    """
+    meta = artifacts.read_model_json(model_dir)
+    cfg = meta.get("config", {})
+    labels = {c["label"] for c in meta["classes"]}
+    frame = index_dataset(data_dir, progress=progress).frame
+    frame = frame[frame["label"].isin(labels)]
+    frame = split_dataset(frame, seed=int(cfg.get("seed", 0)), val=float(cfg.get("val_fraction", 0.15)),
+                          test=float(cfg.get("test_fraction", 0.15)))
+    if (Path(model_dir) / artifacts.AUDIT_FILE).is_file():
+        frame, _ = apply_exclusions(frame, Path(model_dir) / artifacts.AUDIT_FILE)
+    return frame[frame["split"] != AUDIT_SPLIT].reset_index(drop=True)
+
+
+def embed_rows(extractor: FeatureExtractor, frame: pd.DataFrame,
+               progress: ProgressFn | None = None) -> Carried:
+    """Carried rows for photos on disk (columns path, label, sha1, split): the views ``CARRIED_VIEWS`` names."""
+    parts, total, done, photos = [], _view_count(frame), 0, int(frame["sha1"].nunique())
+    if progress:
+        progress("embedding", 0, photos)
+    for split, views in CARRIED_VIEWS.items():
+        part = frame[frame["split"] == split].reset_index(drop=True)
+        if not len(part):
+            continue
+        for view in views:  # progress in photos: the views done so far, scaled to the photos
+            step = (lambda d, _t, base=done: progress("embedding", round((base + d) * photos / total), photos)) \
+                if progress else None
+            feats, footwear = extractor.embed(part, [view], progress=step)[view]
+            rows = part[["sha1", "label", "split"]].assign(view=view, footwear=footwear)
+            parts.append(Carried(rows, feats))
+            done += len(part)
+    return Carried.concat(parts)
+
+
+def _view_count(frame: pd.DataFrame) -> int:
+    return sum(int((frame["split"] == split).sum()) * len(views) for split, views in CARRIED_VIEWS.items())
+
+
+def carry_dataset(model_dir: Path, data_dir: Path, cache_dir: Path, *, progress: ProgressFn | None = None) -> int:
+    """Embed a model's base dataset into its own directory (``carried.npz``); returns the rows written.
+
+    For a model trained before models carried their data, or to refresh what one carries.
+    """
+    return carry_frame(Path(model_dir), dataset_frame(Path(model_dir), data_dir), cache_dir, progress=progress)
+
+
+def carry_frame(model_dir: Path, frame: pd.DataFrame, cache_dir: Path, *, progress: ProgressFn | None = None) -> int:
+    """Embed the train, val and test rows of ``frame`` into ``model_dir`` (``carried.npz`` and model.json)."""
+    frame = frame[frame["split"].isin(list(CARRIED_VIEWS))].reset_index(drop=True)
+    carried = embed_rows(FeatureExtractor(model_dir, cache_dir), frame, progress)
+    meta = artifacts.read_model_json(model_dir)
+    meta.setdefault("files", {})["carried"] = carried.save(model_dir)
+    meta["carried"] = _carried_summary(carried, model_dir, meta)
+    artifacts.write_model_json(model_dir, meta)
+    return len(carried)
+
+
+def _carried_summary(carried: Carried, model_dir: Path, meta: dict) -> dict:
+    """What ``model.json`` says of the carried features, with what 8 bits cost the current head."""
+    test = carried.select(split="test", view="center")
+    summary = {"rows": len(carried), "photos": int(carried.frame["sha1"].nunique()),
+               "views": {split: list(views) for split, views in CARRIED_VIEWS.items()},
+               "per_split": {k: int(v) for k, v in carried.select(view="center").frame["split"].value_counts().items()},
+               "quantization": "uint8 per row (min, step)"}
+    if len(test) and (Path(model_dir) / meta["files"].get("head", artifacts.HEAD_FILE)).is_file():
+        summary["test_top1_from_carried"] = _top1(artifacts.load_head(model_dir, meta), test, meta)
+    return summary
+
+
+def _top1(head: Classifier, rows: Carried, meta: dict) -> float:
+    index = {c["label"]: i for i, c in enumerate(meta["classes"])}
+    y = np.array([index.get(label, -1) for label in rows.frame["label"]])
+    return float((predict_proba(head, rows.feats).argmax(1) == y).mean())
+
+
+def load_carried(model_dir: Path, meta: dict, extractor: FeatureExtractor, base_dataset_dir: Path | None,
+                 progress: ProgressFn | None) -> Carried:
+    """What the base model carries, plus base-dataset photos it does not carry yet (when that folder is given)."""
+    carried = Carried.load(model_dir, meta) or Carried.empty(0)
+    if base_dataset_dir is not None and Path(base_dataset_dir).is_dir():
+        frame = dataset_frame(model_dir, Path(base_dataset_dir))
+        fresh = frame[~frame["sha1"].isin(set(carried.frame["sha1"]))]
+        if len(fresh):
+            log.info("embedding %d base-dataset photos the model does not carry yet", len(fresh))
+            carried = Carried.concat([carried, embed_rows(extractor, fresh, progress)])
+    if not len(carried):
+        raise RetrainError(
+            f"{model_dir} carries no training features (carried.npz) and no base dataset folder was given: "
+            "a retrain would forget every class. Set SNEAKERBOT_BASE_DATASET_DIR to the photos it was "
+            "trained from, or run `sneakerbot carry MODEL_DIR DATA_DIR` once.")
+    return carried
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+def retrain_head(base_model_dir: Path, frame: pd.DataFrame, out: Path, *, settings: RetrainSettings,
+                 display_names: dict[str, str] | None = None, progress: ProgressFn | None = None) -> Path:
+    """Train a candidate from ``base_model_dir`` and ``frame`` (path, label, sha1, split) into ``out``."""
+    base_model_dir, out = Path(base_model_dir), Path(out)
+    meta = artifacts.read_model_json(base_model_dir)
+    extractor = FeatureExtractor(base_model_dir, settings.cache_dir, threads=settings.threads)
+    carried = load_carried(base_model_dir, meta, extractor, settings.base_dataset_dir, progress)
+    frame = keep_test_split(frame, carried)
+    new = embed_rows(extractor, frame, progress) if len(frame) else Carried.empty(carried.feature_dim)
+    data = Carried.concat([carried.without(set(frame["sha1"])), new])
+    base_labels = [c["label"] for c in meta["classes"]]
+    classes = base_labels + sorted(set(data.labels()) - set(base_labels))
+    head = warm_start(artifacts.load_head(base_model_dir, meta), classes, base_labels, data)
+    head, history = _fit(head, data, classes, settings, progress)
+    names = {**{c["label"]: c.get("display_name") or artifacts.display_name(c["label"]) for c in meta["classes"]},
+             **(display_names or {})}
+    return write_candidate(base_model_dir, meta, out, head, classes, names, data, frame, history, settings)
+
+
+def keep_test_split(frame: pd.DataFrame, carried: Carried) -> pd.DataFrame:
+    """A photo the base model holds out for test stays in test, whatever split the database gave it."""
+    held_out = set(carried.frame.loc[carried.frame["split"] == "test", "sha1"])
+    frame = frame.copy()
+    frame.loc[frame["sha1"].isin(held_out), "split"] = "test"
+    return frame
+
+
+def warm_start(base: Classifier, classes: list[str], base_labels: list[str], data: Carried) -> Classifier:
+    """A head over ``classes`` with the base head's rows; a new class starts at its train centroid.
+
+    The new row is the class's mean feature scaled to the base rows' mean norm, with the base
+    rows' mean bias: a sensible first guess the training then refines.
+    """
+    head = Classifier(base.fc.in_features, len(classes), base.dropout.p)
+    with torch.no_grad():
+        head.fc.weight[: len(base_labels)] = base.fc.weight
+        head.fc.bias[: len(base_labels)] = base.fc.bias
+        norm, bias = base.fc.weight.norm(dim=1).mean(), base.fc.bias.mean()
+        train = data.select(split="train", view="center")
+        for i, label in enumerate(classes[len(base_labels):], start=len(base_labels)):
+            mean = torch.from_numpy(train.feats[(train.frame["label"] == label).to_numpy()].mean(0))
+            head.fc.weight[i] = mean / mean.norm().clamp(min=1e-12) * norm
+            head.fc.bias[i] = bias
+    return head
+
+
+def _fit(head: Classifier, data: Carried, classes: list[str], settings: RetrainSettings,
+         progress: ProgressFn | None) -> tuple[Classifier, list[dict]]:
+    index = {label: i for i, label in enumerate(classes)}
+    train, val = data.select(split="train"), data.select(split="val", view="center")
+    y = train.frame["label"].map(index).to_numpy()
+    y_val = val.frame["label"].map(index).to_numpy()
+    if progress:
+        progress("training", 0, settings.steps)
+    head, history = fit_linear(train.feats, y, len(classes), x_val=val.feats if len(val) else None,
+                               y_val=y_val if len(val) else None, steps=settings.steps, lr=settings.lr,
+                               seed=settings.seed, init=head, batch_size=settings.batch_size)
+    if progress:
+        progress("training", settings.steps, settings.steps)
+    return head, history
+
+
+# --------------------------------------------------------------------------- the candidate directory
+
+
+def write_candidate(base_dir: Path, meta: dict, out: Path, head: Classifier, classes: list[str],
+                    names: dict[str, str], data: Carried, frame: pd.DataFrame, history: list[dict],
+                    settings: RetrainSettings) -> Path:
+    """Calibrate on val, measure on test, plot, and write a complete model directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    index = {label: i for i, label in enumerate(classes)}
+    centroids = class_centroids(data.select(split="train", view="center"), classes, base_dir, meta)
+    method = meta.get("footwear", {}).get("method", "imagenet")
+    outputs = {split: _scores(head, data.select(split=split, view="center"), centroids, index, method)
+               for split in ("val", "test")}
+    cfg = meta.get("config", {})
+    thresholds = calibrate_thresholds(
+        *outputs["val"][:3], target_precision=float(cfg.get("target_precision", 0.9)),
+        footwear_quantile=float(cfg.get("footwear_quantile", 0.02)), method=method,
+        familiarity=outputs["val"][3], familiar_quantile=float(cfg.get("familiar_quantile", 0.25)))
+    metrics = {split: compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=fam)
+               for split, (probs, y, fw, fam) in outputs.items()}
+    files = _write_files(base_dir, meta, out, head, centroids, data)
+    new_meta = {
+        **meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": None,
+        "classes": [{"label": c, "display_name": names.get(c) or artifacts.display_name(c)} for c in classes],
+        "thresholds": thresholds, "metrics": metrics, "history": history, "files": files,
+        "config": _config(cfg, settings, classes, meta),
+        "data": _snapshot(data, frame),
+    }
+    new_meta.pop("onnx_check", None)
+    new_meta["carried"] = _carried_summary(data, out, new_meta)
+    artifacts.write_model_json(out, new_meta)
+    _plots(out, history, outputs["test"], classes, data, frame)
+    _readme(out, new_meta, [c for c in classes if c not in {x["label"] for x in meta["classes"]}])
+    log.info("retrained head written to %s (test top-1 %.3f)", out, metrics["test"].get("top1", float("nan")))
+    return out
+
+
+def class_centroids(train: Carried, classes: list[str], base_dir: Path, meta: dict) -> np.ndarray:
+    """L2-normalised mean of the normalised train features per class (the base centroid where none are left)."""
+    base = artifacts.load_centroids(base_dir, meta)
+    base_rows = {c["label"]: i for i, c in enumerate(meta["classes"])}
+    feats = train.feats / np.maximum(np.linalg.norm(train.feats, axis=1, keepdims=True), 1e-12)
+    rows = []
+    for label in classes:
+        mask = (train.frame["label"] == label).to_numpy()
+        if mask.any():
+            mean = feats[mask].sum(0)
+        elif base is not None and label in base_rows:
+            mean = base[base_rows[label]]
+        else:
+            mean = np.zeros(train.feature_dim, np.float32)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+    return np.stack(rows).astype(np.float32)
+
+
+def _scores(head: Classifier, rows: Carried, centroids: np.ndarray, index: dict[str, int],
+            method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(probs, y, footwear, familiarity) as the served graph would give them for these features."""
+    if not len(rows):
+        n = len(index)
+        return np.zeros((0, n), np.float32), np.zeros(0, int), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    probs = predict_proba(head, rows.feats)
+    unit = rows.feats / np.maximum(np.linalg.norm(rows.feats, axis=1, keepdims=True), 1e-12)
+    familiarity = (unit @ artifacts.as_shipped(centroids).T).max(axis=1)
+    footwear = rows.frame["footwear"].to_numpy(np.float32)
+    if method == "centroid":
+        footwear = np.clip(familiarity, 0.0, None)
+    y = rows.frame["label"].map(index).to_numpy()
+    return probs, y, footwear, familiarity
+
+
+def _write_files(base_dir: Path, meta: dict, out: Path, head: Classifier, centroids: np.ndarray,
+                 data: Carried) -> dict:
+    """head.pt (new head, the base footwear scorer), backbone.pt copied byte for byte, centroids, carried."""
+    files = dict(meta.get("files", {}))
+    state = torch.load(base_dir / files.get("head", artifacts.HEAD_FILE), map_location="cpu", weights_only=False)
+    state.update(head=head.state_dict(), n_classes=head.fc.out_features, feature_dim=head.fc.in_features)
+    if state.get("footwear_method") == "centroid":
+        state["footwear"] = {"centroids": torch.from_numpy(centroids)}
+    torch.save(state, out / artifacts.HEAD_FILE)
+    for name in (files.get("backbone"), artifacts.AUDIT_FILE):
+        if name and (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out / name)
+    return {"head": artifacts.HEAD_FILE, "backbone": files.get("backbone"),
+            "centroids": artifacts.save_centroids(out, centroids), "carried": data.save(out), "onnx": None}
+
+
+def _config(base_cfg: dict, settings: RetrainSettings, classes: list[str], meta: dict) -> dict:
+    """How the candidate was made; the split parameters stay those of the base dataset."""
+    keep = ("backbone", "image_size", "seed", "val_fraction", "test_fraction", "target_precision",
+            "footwear_quantile", "familiar_quantile", "dropout")
+    return {**{k: base_cfg[k] for k in keep if k in base_cfg}, "mode": "head_retrain", "epochs": settings.steps,
+            "lr": settings.lr, "retrain": {"steps": settings.steps, "lr": settings.lr, "warm_start": True,
+                                           "parent_created": meta.get("created"), "classes": len(classes)}}
+
+
+def _snapshot(data: Carried, frame: pd.DataFrame) -> dict:
+    center = data.select(view="center").frame
+    return {"images": int(len(center)), "classes": int(center["label"].nunique()),
+            "per_class": {k: int(v) for k, v in center["label"].value_counts().sort_index().items()},
+            "splits": {k: int(v) for k, v in center["split"].value_counts().items()},
+            "new_photos": int(len(frame))}
+
+
+def _plots(out: Path, history: list[dict], test: tuple, classes: list[str], data: Carried,
+           frame: pd.DataFrame) -> None:
+    """Curves and the test confusion matrix; example photos where the files are here (the new ones)."""
+    probs, y = test[0], test[1]
+    plot_curves(history, out / "plots" / "curves.png", "head retrain")
+    if not len(y):
+        return
+    pred = probs.argmax(1)
+    plot_confusion(y, pred, classes, out / "plots" / "confusion.png", "head retrain: test")
+    test_rows = data.select(split="test", view="center").frame
+    paths = dict(zip(frame["sha1"], frame["path"]))
+    pick = [i for i, sha in enumerate(test_rows["sha1"]) if sha in paths and Path(paths[sha]).is_file()][:EXAMPLES]
+    if pick:
+        plot_examples([paths[test_rows["sha1"][i]] for i in pick], [classes[y[i]] for i in pick],
+                      [classes[pred[i]] for i in pick], [float(probs[i].max()) for i in pick],
+                      out / "plots" / "examples.png", title="head retrain: new test photos, wrong in red")
+
+
+def _readme(out: Path, meta: dict, new_classes: list[str]) -> None:
+    test, val = meta["metrics"].get("test", {}), meta["metrics"].get("val", {})
+    lines = [f"# sneakerbot model: {meta['backbone']['name']} (head retrained)", "",
+             f"Created {meta['created']}: the head of the model created {meta['config']['retrain']['parent_created']} "
+             f"retrained ({meta['config']['epochs']} steps, lr {meta['config']['lr']:g}, warm started) on the "
+             "features it carried plus new photos; the backbone is the parent's, byte for byte.", "",
+             f"- Classes: {len(meta['classes'])}" + (f", new: {', '.join(new_classes)}" if new_classes else ""),
+             f"- Data: {meta['data']['images']} photos {meta['data']['splits']}, {meta['data']['new_photos']} "
+             "from the database", "",
+             "| split | images | top-1 | top-3 |", "|---|---|---|---|",
+             f"| val | {val.get('n')} | {val.get('top1', 0):.1%} | {val.get('top3', 0):.1%} |",
+             f"| test | {test.get('n')} | {test.get('top1', 0):.1%} | {test.get('top3', 0):.1%} |", ""]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- scoring for the promotion gate
+
+
+def score_rows(model_dir: Path, rows: pd.DataFrame, cache_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """Class probabilities of a model for held-out photos (columns sha1, label, path; path may be empty).
+
+    Features come from what the model carries (by sha1) or, for a photo it does not carry,
+    from the file through the feature cache. A photo with neither is an error: the gate must
+    not silently compare on fewer photos.
+    """
+    meta = artifacts.read_model_json(model_dir)
+    carried = Carried.load(model_dir, meta)
+    known = carried.select(view="center") if carried is not None else Carried.empty(0)
+    position = {sha: i for i, sha in enumerate(known.frame["sha1"])}
+    missing = rows[~rows["sha1"].isin(position)]
+    feats = np.zeros((len(rows), _dim(meta, known)), np.float32)
+    have = rows["sha1"].isin(position).to_numpy()
+    feats[have] = known.feats[[position[s] for s in rows.loc[have, "sha1"]]]
+    if len(missing):
+        no_file = [p for p in missing["path"] if not p or not Path(p).is_file()]
+        if no_file:
+            raise RetrainError(f"{len(no_file)} held-out photos are neither carried by {model_dir} nor on disk")
+        embedded = FeatureExtractor(model_dir, cache_dir).embed(missing.reset_index(drop=True), ["center"])
+        feats[~have] = embedded["center"][0]
+    return predict_proba(artifacts.load_head(model_dir, meta), feats), [c["label"] for c in meta["classes"]]
+
+
+def _dim(meta: dict, known: Carried) -> int:
+    return known.feature_dim or int(meta["backbone"].get("feature_dim", 0))
