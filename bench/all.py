@@ -9,7 +9,8 @@ import importlib
 import sys
 import time
 
-BENCHMARKS: list[str] = ["bench.accuracy", "bench.gate", "bench.speed", "bench.bot_latency", "bench.scrape_speed"]
+BENCHMARKS: list[str] = ["bench.accuracy", "bench.gate", "bench.speed", "bench.bot_latency", "bench.scrape_speed",
+                         "bench.dedupe"]
 
 
 def main(argv: list[str] | None = None) -> int:

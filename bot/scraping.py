@@ -49,6 +49,7 @@ def scrape_config(settings: Settings, *, sources: Sequence[str] | None = None) -
         min_side=settings.scraper_min_side,
         max_pixels=settings.max_image_pixels,
         phash_distance=settings.scraper_phash_distance,
+        colour_distance=settings.scraper_colour_distance,
         classifier_concurrency=settings.scraper_classifier_concurrency,
     )
 

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     # pHash Hamming distance (of 64 bits) of a near-duplicate, which must also match in colour
     # (scraper.images.is_near_duplicate; 8 measured by bench.dedupe)
     scraper_phash_distance: int = 8
+    scraper_colour_distance: float = 0.08  # colour-signature distance (0-1) under which a pHash match is a copy
     scraper_footwear_check: bool = True  # send images the backbone does not see as footwear to review
     scraper_classifier_concurrency: int = 2  # parallel footwear checks (its ONNX session is thread-safe)
     chromium_path: str = "/usr/bin/chromium"

@@ -98,7 +98,9 @@ class Image(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha1: Mapped[str] = mapped_column(String(40), unique=True)
-    phash: Mapped[str | None] = mapped_column(String(32), index=True)
+    # "<phash hex>:<colour signature hex>" (51 characters, scraper.images.image_hash); rows
+    # scraped before colour signatures hold the 16-hex pHash alone.
+    phash: Mapped[str | None] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(Text)  # relative to the data dir
     label: Mapped[str] = mapped_column(String(64), index=True)
     source: Mapped[str] = mapped_column(String(16))  # user | scraper | dataset
