@@ -78,8 +78,8 @@ def fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, *, x_val: np.ndarra
 @torch.inference_mode()
 def _evaluate(head: Classifier, x: np.ndarray, y: np.ndarray) -> dict:
     head.eval()
-    logits = head(torch.from_numpy(x).float())
-    yt = torch.from_numpy(y).long()
+    logits = head(torch.tensor(x, dtype=torch.float32))
+    yt = torch.tensor(y, dtype=torch.long)
     k = min(3, logits.shape[1])
     topk = logits.topk(k, 1).indices
     return {"loss": float(nn.functional.cross_entropy(logits, yt)),

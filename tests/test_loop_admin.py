@@ -141,3 +141,27 @@ async def test_worker_messages_are_delivered_once(bot: BotUnderTest, admin: Test
     assert await admin.quiet(1.5) == []
     with bot.sessions() as session:
         assert session.scalars(select(Notification)).one().sent_at is not None
+
+
+async def test_status_shows_a_job_while_it_runs_and_after(bot: BotUnderTest, admin: TestUser) -> None:
+    from bot.jobs.context import JobContext, _log_run, close_interrupted_runs
+    from bot.store.models import utcnow
+
+    ctx = JobContext(bot.settings, bot.runtime.engine, bot.sessions, None, job_id="retrain_now")  # type: ignore[arg-type]
+    ctx.report(render_admin.retrain_stage("embedding", 1200, 6129))
+
+    await admin.send_text("/status")
+    assert "• retrain_now: last " in (status := (await admin.reply())["text"])
+    assert "running now: retrain: embedding photos 1,200 / 6,129" in status
+
+    _log_run(ctx, utcnow(), "version 2 promoted: not worse")  # the same row, finished
+    await admin.send_text("/status")
+    status = (await admin.reply())["text"]
+    assert "version 2 promoted" in status and "running now" not in status
+
+    # A run a stopped worker left behind is never shown as running after a restart.
+    JobContext(bot.settings, bot.runtime.engine, bot.sessions, None, job_id="scrape_now:x").report(  # type: ignore[arg-type]
+        "scraping")
+    assert close_interrupted_runs(bot.sessions) == 1
+    await admin.send_text("/status")
+    assert "interrupted (the worker stopped): scraping" in (await admin.reply())["text"]
