@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -37,6 +36,8 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from bench.machine import cpu_model
 
 from scraper.errors import ScraperError
 from scraper.images import (
@@ -67,17 +68,6 @@ class Pair:
     duplicate: bool
     phash: int
     colour: float
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it (figures depend on it), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- copies ---------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     memory_match_threshold: float = 0.94  # cosine similarity of "the same or near-identical photo"
     memory_max_weight: float = 0.9  # largest share of an answer the memory may take
     promotion_tolerance: float = 0.0  # a candidate may lose this much top-1 overall and still be promoted
-    promotion_class_tolerance: float = 0.05  # ... and this much on any one class (at least one photo's worth)
+    promotion_class_tolerance: float = 0.05  # ... and this much on any one class, unless chance explains it
+    promotion_new_class_tolerance: float = 0.01  # overall top-1 a candidate that adds classes may lose
     retrain_check_seconds: int = 30  # how often the worker looks for due work (corrections, requests)
     retrain_steps: int = 300  # full-batch steps of a head retrain (seconds on carried features)
     base_dataset_dir: Path | None = None  # the photos the current model was trained from, if on this machine

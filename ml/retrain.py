@@ -202,10 +202,13 @@ def keep_test_split(frame: pd.DataFrame, carried: Carried) -> pd.DataFrame:
 
 
 def warm_start(base: Classifier, classes: list[str], base_labels: list[str], data: Carried) -> Classifier:
-    """A head over ``classes`` with the base head's rows; a new class starts at its train centroid.
+    """A head over ``classes`` with the base head's rows; a new class starts at its train photos' mean feature.
 
-    The new row is the class's mean feature scaled to the base rows' mean norm, with the base
-    rows' mean bias: a sensible first guess the training then refines.
+    The new row is that mean scaled to the base rows' mean norm, with their mean bias. It is a
+    crude start (features are non-negative, so it wins most photos at first) that the first
+    steps pull back. Measured with one starter class taken out and added back (50 photos):
+    97.5 % on its test photos after 300 steps, the other classes 85.9 → 85.2 %. Starting it as
+    a copy of the row of the class its photos are taken for reached 92.5 % and 84.2 %.
     """
     head = Classifier(base.fc.in_features, len(classes), base.dropout.p)
     with torch.no_grad():

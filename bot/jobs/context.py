@@ -76,7 +76,8 @@ class JobContext:
 def registry_for(settings: Settings, sessions: sessionmaker[Session]) -> ModelRegistry:
     """The model registry as the settings configure it (the one way to build it)."""
     return ModelRegistry(sessions, settings.models_path, tolerance=settings.promotion_tolerance,
-                         class_tolerance=settings.promotion_class_tolerance)
+                         class_tolerance=settings.promotion_class_tolerance,
+                         new_class_tolerance=settings.promotion_new_class_tolerance)
 
 
 def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None:

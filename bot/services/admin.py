@@ -28,6 +28,7 @@ from bot.store.models import Feedback, Image, JobRun, Prediction, SneakerClass, 
 LABEL_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 MAX_SCRAPE = 500
 DEFAULT_SCRAPE = 50
+ADD_CLASS_SCRAPE = 100  # a new class starts from nothing: more photos than a top-up
 
 
 class AdminError(Exception):
@@ -218,7 +219,7 @@ class AdminService:
                                          queries=[display_name.lower(), f"{display_name.lower()} sneaker"]))
             else:
                 row.display_name, row.active = display_name, True
-        self.request_scrape(label, DEFAULT_SCRAPE, chat_id, then_retrain=True)
+        self.request_scrape(label, ADD_CLASS_SCRAPE, chat_id, then_retrain=True)
 
     def decide_suggestion(self, suggestion_id: int, accept: bool, chat_id: int) -> tuple[str, str | None]:
         """Accept (new class: scrape, then retrain) or reject a suggestion and its duplicates."""
