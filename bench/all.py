@@ -10,7 +10,7 @@ import sys
 import time
 
 BENCHMARKS: list[str] = ["bench.accuracy", "bench.gate", "bench.speed", "bench.bot_latency", "bench.scrape_speed",
-                         "bench.dedupe"]
+                         "bench.dedupe", "bench.addclass"]
 
 
 def main(argv: list[str] | None = None) -> int:
