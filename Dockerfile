@@ -16,7 +16,8 @@ COPY scraper ./scraper
 COPY models ./models
 RUN pip install .
 
-ENV SNEAKERBOT_DATA_DIR=/data
+# The package is installed into site-packages; the starter model (and the features it carries) stays here.
+ENV SNEAKERBOT_DATA_DIR=/data SNEAKERBOT_STARTER_MODEL_DIR=/app/models/starter
 VOLUME ["/data"]
 ENTRYPOINT ["sneakerbot"]
 CMD ["run"]
