@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ml.errors import BadImage, CorruptImage, DatasetError, ImageTooLarge, ImageTooSmall, NotAnImage
@@ -194,3 +197,26 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
     return weights.astype(np.float32)
+
+
+def load_or_blank(path: str | Path) -> Image.Image:
+    """The photo, or a blank one when it changed since it was indexed (a run never dies on one file)."""
+    try:
+        return open_image(Path(path), min_side=1)
+    except (BadImage, OSError):
+        return Image.new("RGB", (64, 64), "white")
+
+
+class ImageFrameDataset(Dataset):
+    """Rows of an index frame as (tensor, class index); unreadable files become a blank image."""
+
+    def __init__(self, frame: pd.DataFrame, class_to_idx: dict[str, int], transform) -> None:
+        self.paths = frame["path"].tolist()
+        self.targets = [class_to_idx[label] for label in frame["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_or_blank(self.paths[i])), self.targets[i]

@@ -22,8 +22,7 @@ from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
 from ml.backbones import Backbone, Preprocessing
-from ml.errors import BadImage
-from ml.images import open_image
+from ml.data import load_or_blank
 from ml.model import IMAGENET_FOOTWEAR
 from ml.transforms import eval_transform, train_transform
 
@@ -144,11 +143,3 @@ def embed_frame(backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, vi
         if todo:
             log.info("embedded %d new images (%s, %s); %d from cache", len(todo), key, view, len(frame) - len(todo))
     return out
-
-
-def load_or_blank(path: str) -> Image.Image:
-    """The photo, or a blank one when it changed since it was indexed (a run never dies on one file)."""
-    try:
-        return open_image(Path(path), min_side=1)
-    except (BadImage, OSError):
-        return Image.new("RGB", (64, 64), "white")

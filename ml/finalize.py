@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from ml import artifacts
 from ml.backbones import Backbone, Preprocessing
 from ml.calibrate import calibrate_thresholds
+from ml.config import TrainConfig
+from ml.data import ImageFrameDataset
 from ml.evaluate import compute_metrics
 from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
 from ml.plots import plot_confusion, plot_curves, plot_examples
@@ -36,11 +38,9 @@ MAX_DIR_BYTES = 25 * 1024 * 1024  # keep model dirs small enough for the repo; O
 EXAMPLES = 36
 
 
-def finalize_model(cfg, backbone: Backbone, head: Classifier, classes: list[str], frame: pd.DataFrame,
+def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, classes: list[str], frame: pd.DataFrame,
                    prep: Preprocessing, history: list[dict], snapshot: dict) -> Path:
     """Evaluate, calibrate, plot and write the model directory; returns its path."""
-    from ml.train import ImageFrameDataset
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finetuned = cfg.mode == "finetune"
@@ -147,8 +147,6 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
     trained on them; when it mostly names another model than the folder does, the audit was right.
     """
     from ml.data import AUDIT_SPLIT
-    from ml.train import ImageFrameDataset
-
     part = frame[(frame["split"] == AUDIT_SPLIT) & frame["label"].isin(class_to_idx)].reset_index(drop=True)
     if not len(part):
         return None
@@ -167,8 +165,6 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
 @torch.inference_mode()
 def _class_centroids(backbone: Backbone, train: pd.DataFrame, class_to_idx: dict, prep: Preprocessing,
                      progress: bool) -> torch.Tensor:
-    from ml.train import ImageFrameDataset
-
     sums = torch.zeros(len(class_to_idx), backbone.feature_dim)
     ds = ImageFrameDataset(train, class_to_idx, eval_transform(prep))
     for images, targets in tqdm(DataLoader(ds, batch_size=64), desc="centroids", disable=not progress, leave=False):

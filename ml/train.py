@@ -15,114 +15,35 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ml.backbones import Backbone, Preprocessing, create_backbone
-from ml.data import AUDIT_SPLIT, apply_exclusions, class_weights, index_dataset, restrict, split_dataset
-from ml.errors import BadImage, DatasetError
-from ml.images import open_image
+from ml.backbones import Backbone, create_backbone
+from ml.config import DEFAULT_TRAINABLE, MODES, TrainConfig  # noqa: F401 - the public names of a run
+from ml.data import (
+    AUDIT_SPLIT,
+    ImageFrameDataset,
+    apply_exclusions,
+    class_weights,
+    index_dataset,
+    restrict,
+    split_dataset,
+)
+from ml.errors import DatasetError
 from ml.model import Classifier
 from ml.teacher import TEMPERATURE, Teacher, distillation_loss, student_view
 from ml.transforms import augmentation, eval_transform
 
 log = logging.getLogger(__name__)
 
-MODES = ("head", "finetune")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved resolved into model.json so a model says how it was made."""
-
-    data_dir: str
-    out_dir: str
-    backbone: str = "efficientnet_lite0"
-    mode: str = "head"
-    epochs: int | None = None  # head: 200 full-batch steps x this; finetune: passes over train
-    batch_size: int = 32
-    lr: float | None = None
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    image_size: int | None = None  # None: the backbone's own
-    trainable_stages: int | None = None  # finetune: last N stages train (None: backbone default)
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    patience: int = 4
-    aug_views: int = 2  # head mode: augmented views embedded per train image
-    flip_view: bool = True  # head mode: also embed the mirrored image
-    exclude_file: str | None = None  # csv/txt of sha1s to leave out of every split (label audit)
-    init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
-    classes: list[str] | None = None  # train on these class folders only (None: all of them)
-    augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
-    distill_imagenet: float = 0.0  # finetune: weight of keeping the frozen ImageNet head's answer (a regulariser)
-    teacher: str | None = None  # finetune: a model directory whose answers this run learns too (distillation)
-    teacher_weight: float = 1.0  # finetune: weight of the teacher's answer against the folder labels
-    cache_dir: str | None = None
-    threads: int | None = None
-    device: str | None = None
-    pretrained: bool = True
-    dropout: float = 0.2
-    progress: bool = True
-    target_precision: float = 0.9  # unsure threshold: confident answers must be this precise on val
-    footwear_quantile: float = 0.02  # footwear threshold: this share of val sneakers may be "not_sneaker"
-    familiar_quantile: float = 0.25  # "familiar" threshold: this share of val sneakers is less familiar
-    extra: dict = field(default_factory=dict)
-
-    def resolved(self, backbone: Backbone) -> TrainConfig:
-        """Fill the defaults that depend on the mode and the backbone."""
-        cfg = TrainConfig(**asdict(self))
-        if cfg.mode not in MODES:
-            raise ValueError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
-        cfg.image_size = cfg.image_size or backbone.preprocessing.size
-        if cfg.image_size % backbone.size_multiple:
-            raise ValueError(f"{backbone.name} takes input sizes that are multiples of {backbone.size_multiple}, "
-                             f"not {cfg.image_size}")
-        if cfg.mode == "finetune":
-            cfg.epochs = cfg.epochs or 10
-            cfg.lr = cfg.lr or (3e-3 if backbone.from_scratch else 1e-3)
-            if cfg.trainable_stages is None and not backbone.from_scratch:
-                cfg.trainable_stages = DEFAULT_TRAINABLE.get(backbone.name)
-        else:
-            cfg.epochs = cfg.epochs or 300
-            cfg.lr = cfg.lr or 3e-3
-        return cfg
-
-
-# Stages trained by default in finetune mode: EfficientNet-Lite0 blocks 8-15 + head conv.
-DEFAULT_TRAINABLE: dict[str, int] = {"efficientnet_lite0": 9, "resnet18": 2}
-
-
 # --------------------------------------------------------------------------- data
-
-
-class ImageFrameDataset(Dataset):
-    """Rows of an index frame as (tensor, class index); unreadable files become a blank image."""
-
-    def __init__(self, frame: pd.DataFrame, class_to_idx: dict[str, int], transform) -> None:
-        self.paths = frame["path"].tolist()
-        self.targets = [class_to_idx[label] for label in frame["label"]]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        try:
-            image = open_image(Path(self.paths[i]), min_side=1)
-        except (BadImage, OSError):  # verified at index time; a file changed since then
-            from PIL import Image
-
-            image = Image.new("RGB", (64, 64), "white")
-        return self.transform(image), self.targets[i]
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:

@@ -115,3 +115,14 @@ def test_catalogue_has_the_starter_classes() -> None:
     assert all(is_valid_label(label) for label in labels)
     assert builtin_entry("air_jordan_24") is None
     assert not is_valid_label("../etc") and not is_valid_label("Air Jordan")
+
+
+def test_building_the_bing_source_does_not_import_selenium() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from scraper.sources import SourceSettings, available_sources, create_source; "
+            "create_source('bing', SourceSettings()); "
+            "assert 'selenium' not in sys.modules, 'selenium imported'; "
+            "assert available_sources() == ['bing', 'google', 'google-selenium']")
+    subprocess.run([sys.executable, "-c", code], check=True)

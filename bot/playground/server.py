@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pillow_heif import register_heif_opener
 
-from bot.playground import userapi
+import bot.playground.userapi as userapi
 from bot.playground.botapi import call_method
 from bot.playground.state import STATE, BotApiError, PlaygroundState
 

@@ -8,6 +8,7 @@ the order and the fallback are configuration, not code.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class Source(Protocol):
 
 SourceFactory = Callable[[SourceSettings], Source]
 _REGISTRY: dict[str, SourceFactory] = {}
+_MODULES: dict[str, str] = {}  # name -> module that registers it on import (``register_module``)
 
 
 def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
@@ -86,25 +88,28 @@ def register_source(name: str) -> Callable[[SourceFactory], SourceFactory]:
     return decorate
 
 
+def register_module(name: str, module: str) -> None:
+    """Name a source whose module registers it when first asked for (``scraper.sources`` lists the built-ins).
+
+    Why lazy: building the Bing source must not import selenium, which only the browser source needs.
+    """
+    _MODULES[name] = module
+
+
 def available_sources() -> list[str]:
     """Names ``create_source`` accepts."""
-    _load_builtin_sources()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_MODULES})
 
 
 def create_source(name: str, settings: SourceSettings) -> Source:
     """Build a source by name; unknown names fail with the list of valid ones."""
-    _load_builtin_sources()
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])  # its @register_source runs
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown source {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
     return factory(settings)
-
-
-def _load_builtin_sources() -> None:
-    """Import the built-in source modules so their decorators run."""
-    from scraper.sources import bing, google, google_selenium  # noqa: F401
 
 
 def dedupe_items(items: Iterable[ImageItem]) -> list[ImageItem]:
