@@ -96,13 +96,13 @@ def test_missed_runs_while_down_are_coalesced_into_one(worker_env: tuple[Setting
 
 def test_a_request_from_another_process_runs_once_and_notifies(worker_env: tuple[Settings, Engine]) -> None:
     settings, engine = worker_env
+    other = init_db(settings.db_url)  # the bot process's own engine
+    for _ in range(2):  # an impatient admin sends /retrain twice before the worker looks
+        enqueue(other, "bot.jobs.retrain:retrain_now", job_id="retrain_now", notify_chat_ids=[42])
+    other.dispose()
     worker = Worker(settings, engine)
     worker.start()
     try:
-        other = init_db(settings.db_url)  # the bot process's own engine
-        for _ in range(2):  # an impatient admin sends /retrain twice
-            enqueue(other, "bot.jobs.retrain:retrain_now", job_id="retrain_now", notify_chat_ids=[42])
-        other.dispose()
         _wait_for(lambda: _runs(engine, "retrain_now") >= 1, "the requested retrain")
     finally:
         worker.shutdown(wait=True)

@@ -138,7 +138,8 @@ def config(server: LocalServer, images_dir: Path, *, sources: tuple[str, ...] = 
             bing_url=server.url("/bing/images/search"), google_url=server.url(google), timeout_s=5, max_pages=3
         ),
         fetch=FetchSettings(
-            timeout_s=1.5, max_bytes=MAX_BYTES, allow_private=True, retries=1, backoff_s=0.05, host_delay_s=0.0
+            # long enough that no good local download ever times out on a busy machine: the exact counts hold
+            timeout_s=5.0, max_bytes=MAX_BYTES, allow_private=True, retries=1, backoff_s=0.05, host_delay_s=0.0
         ),
         concurrency=4,
         min_side=32,
