@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -194,8 +195,10 @@ def apply_exclusions(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dic
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse-frequency weights, mean 1, for imbalanced classes."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    present = np.unique(labels)
+    weights = np.zeros(n_classes, dtype=np.float64)
+    if len(present):  # sklearn's "balanced" is over the classes present; ours over all, absent ones at 0
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels) * len(present) / n_classes
     return weights.astype(np.float32)
 
 

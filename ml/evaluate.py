@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
 
 from ml.verdicts import VERDICTS, verdicts
 
@@ -36,13 +37,10 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], *,
         return {"n": 0}
     pred = probs.argmax(1)
     metrics: dict = {"n": int(n), "top1": float((pred == y).mean()), "top3": float(topk_hits(probs, y, 3).mean())}
-    per_class = {}
-    for i, label in enumerate(classes):
-        tp = int(((pred == i) & (y == i)).sum())
-        support, predicted = int((y == i).sum()), int((pred == i).sum())
-        per_class[label] = {"precision": tp / predicted if predicted else 0.0,
-                            "recall": tp / support if support else 0.0, "support": support}
-    metrics["per_class"] = per_class
+    precision, recall, _, support = precision_recall_fscore_support(
+        y, pred, labels=list(range(len(classes))), zero_division=0)
+    metrics["per_class"] = {label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                    "support": int(support[i])} for i, label in enumerate(classes)}
     if footwear is not None and thresholds is not None:
         v = verdicts(probs, footwear, thresholds, familiarity)
         metrics["verdicts"] = {name: float((v == name).mean()) for name in VERDICTS}

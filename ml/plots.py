@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
@@ -38,9 +39,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path | None
 def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows: true label)."""
     n = len(classes)
-    matrix = np.zeros((n, n), dtype=float)
-    np.add.at(matrix, (y, pred), 1)
-    matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    matrix = confusion_matrix(y, pred, labels=list(range(n)), normalize="true")
     size = max(5, 0.32 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
