@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.cli import ml_commands, run_commands, scrape_commands, worker_commands
+from bot.cli import backup_commands, ml_commands, run_commands, scrape_commands, worker_commands
 from bot.settings import get_settings
 
-COMMAND_MODULES = (ml_commands, scrape_commands, run_commands, worker_commands)
+COMMAND_MODULES = (ml_commands, scrape_commands, run_commands, worker_commands, backup_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "apscheduler.executors", "apscheduler.scheduler", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()
+    from bot.logging_setup import install_token_redaction  # the log filter: no bot token in any log line
+    install_token_redaction(settings.telegram_bot_token)
     return int(args.func(args, settings) or 0)
 
 
