@@ -183,18 +183,11 @@ def suggestion_keyboard(suggestion_id: int) -> InlineKeyboardMarkup:
 def parse_suggestion_data(data: str | None) -> tuple[bool, int] | None:
     """``(accept, suggestion id)`` from button data, or None when it is not ours or forged."""
     parts = (data or "").split(":")
-    if len(parts) != 4 or ":".join(parts[:2]) != SUGGESTION_PREFIX or parts[2] not in "ar" or not parts[3].isdigit():
+    if len(parts) != 4 or ":".join(parts[:2]) != SUGGESTION_PREFIX or parts[2] not in ("a", "r"):
         return None
-    return parts[2] == "a", int(parts[3])
-
-
-ADMIN_COMMANDS = [
-    ("status", "Model, data, pending corrections, jobs"),
-    ("retrain", "Retrain now"),
-    ("scrape", "Scrape images: /scrape <label> [n]"),
-    ("addclass", "Add a class: /addclass <label> <display name>"),
-    ("classes", "Known classes"),
-    ("suggestions", "Names users suggested"),
-    ("rollback", "Serve an earlier model: /rollback <version>"),
-    ("stats", "Accuracy from user feedback"),
-]
+    number = parts[3]  # as the keyboard writes it: ASCII digits, no leading zero ("²".isdigit() is True)
+    if not (number.isascii() and number.isdigit()) or number.startswith("0") or len(number) > 19:
+        return None
+    if int(number) > 2**63 - 1:  # no larger than a database id can be (SQLite raises OverflowError above it)
+        return None
+    return parts[2] == "a", int(number)
