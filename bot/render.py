@@ -18,6 +18,7 @@ from bot.services.models import ClassInfoLike
 
 PAGE_SIZE = 8
 MAX_CALLBACK_BYTES = 64
+MAX_ID = 2**63 - 1  # the largest id a database column holds (SQLite raises OverflowError above it)
 
 COMMANDS = [
     BotCommand("start", "What this bot does"),
@@ -59,14 +60,30 @@ def encode(action: str, prediction_id: int, arg: str | int | None = None) -> str
 
 
 def parse(data: str | None) -> Callback | None:
-    """Button data back to a ``Callback``; None for anything we did not make."""
-    if not data or len(data.encode()) > MAX_CALLBACK_BYTES:
+    """Button data back to a ``Callback``; None for anything we did not make.
+
+    Only what ``encode`` writes parses: ids (1 to ``MAX_ID``) and page numbers in plain ASCII
+    decimal without leading zeros (``str.isdigit`` also accepts "²" and "١"), an argument only
+    on the actions that carry one, so a parsed value always encodes back to the same data.
+    """
+    if not isinstance(data, str) or not data or len(data.encode()) > MAX_CALLBACK_BYTES:
         return None
     action, _, rest = data.partition(":")
-    pid, _, arg = rest.partition(":")
-    if action not in ACTIONS or not pid.isdigit() or pid.startswith("0"):
+    pid, has_arg, arg = rest.partition(":")
+    if action not in ACTIONS or not _is_decimal(pid) or not 0 < int(pid) <= MAX_ID:
         return None
-    return Callback(action, int(pid), arg or None)
+    if action == Action.PAGE:
+        valid = bool(has_arg) and _is_decimal(arg)
+    elif action == Action.LABEL:
+        valid = bool(arg)
+    else:
+        valid = not has_arg
+    return Callback(action, int(pid), arg or None) if valid else None
+
+
+def _is_decimal(text: str) -> bool:
+    """A non-negative integer as ``str(int)`` writes it: ASCII digits, no sign, no leading zero."""
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
 def label_arg(label: str, prediction_id: int) -> str:
@@ -227,7 +244,11 @@ ALERTS = {
     "unknown_label": "I don't know that model any more. Please pick again.",
 }
 
+# The database stayed away longer than SNEAKERBOT_DB_RETRY_SECONDS: nothing was stored (bot.store.retry).
+DB_UNAVAILABLE_TEXT = "⏳ I can't reach my database just now, so I couldn't save that. Please try again in a moment."
+
 REJECTIONS = {
+    "db_unavailable": DB_UNAVAILABLE_TEXT,
     "not_an_image": "That file isn't an image I can read. Send a JPEG, PNG, WebP or HEIC photo.",
     "corrupt": "I couldn't read that image — it seems damaged. Try another photo.",
     "too_small": "That image is too small for me to see anything. Send a bigger photo.",

@@ -9,6 +9,7 @@ undecodable raised as one of the ``BadImage`` errors instead of a library's own.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,11 @@ except ImportError:  # pragma: no cover
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000
+# What Pillow's plugins raise on bytes that start like an image but are not a valid one: not
+# only OSError (which Image.open lets through, e.g. "Truncated File Read", "could not create
+# decoder object") but also the parsing errors of hand-written header readers.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                  TypeError, ZeroDivisionError, OverflowError, RuntimeError)
 
 ImageSource = Path | str | bytes | Image.Image
 
@@ -35,15 +41,18 @@ def open_image(source: ImageSource, *, min_side: int = MIN_SIDE, max_pixels: int
     Raises ``NotAnImage``, ``CorruptImage``, ``ImageTooSmall`` or ``ImageTooLarge``.
     """
     image = source if isinstance(source, Image.Image) else _decode(source, max_pixels)
+    if image.width * image.height > max_pixels:  # before exif_transpose, which loads an image not loaded yet
+        raise ImageTooLarge(f"image has {image.width * image.height} pixels, limit is {max_pixels}")
     try:
         image = ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block should not lose an otherwise fine photo
         pass
     if min(image.size) < min_side:
         raise ImageTooSmall(f"image is {image.width}x{image.height}, sides must be at least {min_side} px")
-    if image.width * image.height > max_pixels:
-        raise ImageTooLarge(f"image has {image.width * image.height} pixels, limit is {max_pixels}")
-    return to_rgb(image)
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as exc:  # a mode Pillow cannot convert, or pixel data it cannot read
+        raise CorruptImage(f"cannot convert a {image.mode} image to RGB: {exc}") from exc
 
 
 def _decode(source: Path | str | bytes, max_pixels: int) -> Image.Image:
@@ -54,16 +63,19 @@ def _decode(source: Path | str | bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError as exc:
             raise NotAnImage(f"not an image we can read: {_describe(source)}") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
             raise ImageTooLarge(f"image too large: {_describe(source)}") from exc
+        except _DECODE_ERRORS as exc:  # a known format's header that its plugin cannot parse
+            raise CorruptImage(f"corrupt image {_describe(source)}: {exc}") from exc
+        # Checked before load(): the pixels of a too large image are never allocated.
         if image.width * image.height > max_pixels:
             raise ImageTooLarge(f"image has {image.width * image.height} pixels, limit is {max_pixels}")
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptImage(f"corrupt image {_describe(source)}: {exc}") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
             raise ImageTooLarge(f"image too large: {_describe(source)}") from exc
+        except _DECODE_ERRORS as exc:
+            raise CorruptImage(f"corrupt image {_describe(source)}: {exc}") from exc
     return image
 
 

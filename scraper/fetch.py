@@ -12,7 +12,12 @@ whatever came back:
 
 - only http/https; hosts resolving to private, loopback, link-local or other
   non-global addresses are refused unless ``allow_private`` (tests turn it on);
-  every redirect hop is checked again and redirects are capped (loops end);
+  every redirect hop is checked again and redirects are capped (loops end). The
+  host checked is the one requests connects to: the URL is prepared as requests
+  prepares it and refused when Python's and urllib3's parsers disagree on the host
+  (``http://127.0.0.1\\@example.com/`` is example.com to one, 127.0.0.1 to the
+  other); IPv6 addresses that carry an IPv4 one (mapped, NAT64, 6to4,
+  IPv4-compatible) are judged by the IPv4 address;
 - a connect timeout and a total deadline per attempt; the body is read with
   ``read1`` so the deadline is checked after every socket read, and a server
   that trickles bytes cannot keep us forever;
@@ -39,6 +44,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
+import urllib3.util
 
 from scraper.errors import (
     ConnectionFailed,
@@ -111,11 +117,40 @@ def resolve_host(host: str, port: int) -> list[str]:
         raise ConnectionFailed(f"cannot resolve {host}: {exc}") from exc
 
 
+_NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"),)
+_NON_PUBLIC_V6 = (
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.ip_network("fec0::/10"),  # deprecated site-local, which ``is_global`` calls global
+)
+_V4_IN_V6 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))  # IPv4-compatible, SIIT
+
+
 def is_public_address(address: str) -> bool:
-    """True only for globally routable unicast addresses (IPv4-mapped IPv6 unwrapped)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True only for globally routable unicast addresses.
+
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, NAT64, 6to4, IPv4-compatible,
+    SIIT) is public only if that IPv4 address is: ``64:ff9b::7f00:1`` is 127.0.0.1.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_public(ip.ipv4_mapped)
+        if any(ip in net for net in _NON_PUBLIC_V6):
+            return False
+        embedded = [ip.sixtofour] if ip.sixtofour is not None else []
+        if any(ip in net for net in (*_NAT64_PREFIXES, *_V4_IN_V6)):
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.teredo is not None:
+            embedded.extend(ip.teredo)
+        if not all(_is_public(v4) for v4 in embedded):
+            return False
+    return _is_public(ip)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
@@ -167,12 +202,12 @@ class Fetcher:
         deadline = time.monotonic() + self._settings.timeout_s
         current, seen = url, {url}
         for _ in range(self._settings.max_redirects + 1):
-            host = self._check_url(current)
+            prepared, host = self.check_url(current)
             self._throttle.wait(host)
-            response = self._get(current, deadline)
+            response = self._get(prepared, deadline)
             with response:
                 if response.is_redirect:
-                    current = urljoin(current, response.headers["location"])
+                    current = _redirect_target(current, response.headers["location"])
                     if current in seen:
                         raise TooManyRedirects(f"redirect loop at {current}")
                     seen.add(current)
@@ -183,17 +218,23 @@ class Fetcher:
                 return Download(url=url, final_url=current, content=content, kind=kind)
         raise TooManyRedirects(f"more than {self._settings.max_redirects} redirects from {url}")
 
-    def _check_url(self, url: str) -> str:
-        """Refuse non-http(s) URLs and, unless allowed, non-public addresses; return the host."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RefusedURL(f"refused URL {url!r}")
+    def check_url(self, url: str) -> tuple[str, str]:
+        """One hop's check: ``(the URL as requests will send it, its host)``.
+
+        Raises ``RefusedURL`` for anything but a well-formed http(s) URL whose host every
+        parser agrees on, and, unless ``allow_private``, ``RefusedAddress`` when the host
+        resolves to any non-public address. ``fetch`` calls it before every request, the
+        first one and each redirect's.
+        """
+        prepared, _scheme, host, port = _split_url(url)
         if not self._settings.allow_private:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            for address in self._resolver(parts.hostname, port):
+            addresses = self._resolver(host, port)
+            if not addresses:
+                raise ConnectionFailed(f"cannot resolve {host}: no addresses")
+            for address in addresses:
                 if not is_public_address(address):
-                    raise RefusedAddress(f"{parts.hostname} resolves to non-public {address}")
-        return parts.hostname
+                    raise RefusedAddress(f"{host} resolves to non-public {address}")
+        return prepared, host
 
     def _get(self, url: str, deadline: float) -> requests.Response:
         """Start the request (headers only); map requests' errors to ours."""
@@ -203,6 +244,8 @@ class Fetcher:
             return self._session().get(url, stream=True, allow_redirects=False, timeout=timeout)
         except requests.RequestException as exc:
             raise _map_error(exc, url) from exc
+        except ValueError as exc:  # even without following, requests parses a Location ("http://[::1" raises)
+            raise RefusedURL(f"{url}: unusable redirect: {exc}") from exc
 
     def _read_body(self, response: requests.Response, deadline: float) -> tuple[bytes, str]:
         """Read the whole body within the deadline and size cap, sniffing the first bytes."""
@@ -245,6 +288,59 @@ class Fetcher:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+def _split_url(url: str) -> tuple[str, str, str, int]:
+    """``(prepared URL, scheme, host, port)`` of an http(s) URL, or ``RefusedURL``.
+
+    The URL is prepared exactly as requests prepares it (percent-quoting, IDNA), and the
+    host is read from that prepared URL by both urllib.parse (what requests' adapter picks
+    the connection by) and urllib3 (what it connects to); they must agree, and agree with
+    the host of the URL as given, or the URL is refused.
+    """
+    try:
+        if any(ord(c) < 0x20 or c == "\x7f" for c in url):  # urllib.parse drops some, urllib3 quotes them
+            raise ValueError("control characters")
+        given = urlsplit(url)
+        prepared = _prepare(url)
+        if _prepare(prepared) != prepared:  # requests prepares it again when sending
+            raise ValueError("preparing it again changes it")
+        parts = urlsplit(prepared)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        pool_host = urllib3.util.parse_url(prepared).host
+    except (ValueError, requests.RequestException, urllib3.exceptions.HTTPError, UnicodeError) as exc:
+        raise RefusedURL(f"refused URL {url!r}: {exc}") from exc
+    host = parts.hostname
+    if given.scheme.lower() not in ("http", "https") or parts.scheme not in ("http", "https") or not host:
+        raise RefusedURL(f"refused URL {url!r}")
+    if (pool_host or "").strip("[]").lower() != host or not _same_host(given.hostname, host):
+        raise RefusedURL(f"refused URL {url!r}: its host is ambiguous")
+    return prepared, parts.scheme, host, port
+
+
+def _redirect_target(current: str, location: str) -> str:
+    """Where a redirect points, absolute; a Location no URL parser accepts is ``RefusedURL``."""
+    try:
+        return urljoin(current, location)
+    except ValueError as exc:
+        raise RefusedURL(f"refused redirect from {current} to {location!r}: {exc}") from exc
+
+
+def _prepare(url: str) -> str:
+    """``url`` as requests sends it."""
+    return requests.Request("GET", url).prepare().url or ""
+
+
+def _same_host(given: str | None, prepared: str) -> bool:
+    """The host as written and as prepared name the same thing (prepared is IDNA-encoded)."""
+    if not given:
+        return False
+    if given == prepared:
+        return True
+    try:
+        return _prepare(f"http://{given}/").removeprefix("http://").rstrip("/").lower() == prepared
+    except (ValueError, requests.RequestException, UnicodeError):
+        return False
 
 
 def _sniff_or_raise(head: bytes, url: str) -> str:

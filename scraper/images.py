@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ except ImportError:  # pragma: no cover
     pass
 
 JPEG_QUALITY = 92
+# What Pillow's plugins raise on bytes that look like an image but are not a valid one (the same
+# list as ``ml.images``): Image.open lets OSError through, and header readers fail in many ways.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                  TypeError, ZeroDivisionError, OverflowError, RuntimeError)
 
 HASH_SEPARATOR = ":"
 PHASH_BITS = 64  # imagehash.phash's default 8x8
@@ -82,16 +87,23 @@ def decode_image(data: bytes, *, min_side: int, max_pixels: int = 40_000_000) ->
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > max_pixels:
+            if width * height > max_pixels:  # before load(): a bomb's pixels are never allocated
                 raise ImageTooManyPixels(f"{width}x{height} pixels")
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooManyPixels(str(exc)) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        raise ImageTooManyPixels(str(exc) or type(exc).__name__) from exc
+    except _DECODE_ERRORS as exc:
         raise CorruptImage(str(exc) or type(exc).__name__) from exc
     if min(image.size) < min_side:
         raise ImageTooSmall(f"{image.size[0]}x{image.size[1]} < {min_side}")
-    return to_rgb(ImageOps.exif_transpose(image))
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001, S110 - a broken EXIF block should not lose an otherwise fine image
+        pass
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as exc:  # a mode Pillow cannot convert to RGB
+        raise CorruptImage(str(exc) or type(exc).__name__) from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

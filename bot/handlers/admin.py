@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from telegram import Update
@@ -73,12 +73,40 @@ async def _reply_with(update: Update, fetch: Callable[[], View], render: Callabl
     return view
 
 
-def _arguments(context: BotContext, command: str, usage: str, fits: Callable[[list[str]], bool]) -> list[str]:
-    """The command's arguments if ``fits`` accepts them; otherwise ``UsageError`` with the usage line."""
-    args = context.args or []
-    if not fits(args):
-        raise UsageError(render_admin.usage(command, usage))
-    return args
+# --- argument parsing: pure functions of the words after the command ----------------
+MAX_NUMBER_DIGITS = 18  # any int of this many digits fits a database integer (and int() is quick)
+
+
+def _number(text: str) -> int | None:
+    """A typed count or version: plain ASCII digits ("²".isdigit() is True, int("²") fails)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_NUMBER_DIGITS else None
+
+
+def parse_scrape_args(args: Sequence[str]) -> tuple[str, int]:
+    """``/scrape <label> [n]``: ``(label, n)``, n defaulting to ``DEFAULT_SCRAPE``; else ``UsageError``.
+
+    The label's form and n's range are the service's to check (``AdminError``).
+    """
+    if len(args) == 1:
+        return args[0], DEFAULT_SCRAPE
+    if len(args) == 2 and (count := _number(args[1])) is not None:
+        return args[0], count
+    raise UsageError(render_admin.usage("scrape", "<label> [number of images]"))
+
+
+def parse_addclass_args(args: Sequence[str]) -> tuple[str, str]:
+    """``/addclass <label> <display name>``: ``(label, display name)``; else ``UsageError``."""
+    if len(args) < 2:
+        raise UsageError(render_admin.usage("addclass", "<label> <display name>"))
+    return args[0], " ".join(args[1:])
+
+
+def parse_rollback_args(args: Sequence[str]) -> int:
+    """``/rollback <version>``: the version; else ``UsageError``."""
+    version = _number(args[0]) if len(args) == 1 else None
+    if version is None:
+        raise UsageError(render_admin.usage("rollback", "<version>"))
+    return version
 
 
 @admin_only
@@ -97,18 +125,15 @@ async def retrain(update: Update, context: BotContext) -> None:
 @admin_only
 async def scrape(update: Update, context: BotContext) -> None:
     """/scrape <label> [n]: queue a scrape of one class."""
-    args = _arguments(context, "scrape", "<label> [number of images]",
-                      lambda a: len(a) == 1 or (len(a) == 2 and a[1].isdigit()))
-    count = int(args[1]) if len(args) == 2 else DEFAULT_SCRAPE
-    await asyncio.to_thread(admin_service(context).request_scrape, args[0], count, update.effective_chat.id)
-    await _reply(update, render_admin.job_requested(f"a scrape of {args[0]} ({count} images)"))
+    label, count = parse_scrape_args(context.args or [])
+    await asyncio.to_thread(admin_service(context).request_scrape, label, count, update.effective_chat.id)
+    await _reply(update, render_admin.job_requested(f"a scrape of {label} ({count} images)"))
 
 
 @admin_only
 async def addclass(update: Update, context: BotContext) -> None:
     """/addclass <label> <display name>: add a class, scrape it, then retrain."""
-    args = _arguments(context, "addclass", "<label> <display name>", lambda a: len(a) >= 2)
-    label, name = args[0], " ".join(args[1:])
+    label, name = parse_addclass_args(context.args or [])
     await asyncio.to_thread(admin_service(context).add_class, label, name, update.effective_chat.id)
     await _reply(update, render_admin.job_requested(f"adding {name} ({label}): a scrape, then a retrain"))
 
@@ -154,8 +179,8 @@ async def on_suggestion_button(update: Update, context: BotContext) -> None:
 @admin_only
 async def rollback(update: Update, context: BotContext) -> None:
     """/rollback <version>: serve an earlier model (every bot process within seconds)."""
-    args = _arguments(context, "rollback", "<version>", lambda a: len(a) == 1 and a[0].isdigit())
-    info = await asyncio.to_thread(admin_service(context).rollback, int(args[0]))
+    version = parse_rollback_args(context.args or [])
+    info = await asyncio.to_thread(admin_service(context).rollback, version)
     await _reply(update, render_admin.rolled_back(info.version))
 
 
