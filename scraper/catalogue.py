@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 
 AIR_JORDAN_NUMBERS = (*range(1, 24), *range(28, 33), 2009, 2010, 2011, 2012)
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+# The one label rule (the admin commands use it too): a folder name under images/, never a hidden or
+# work folder (``_review``), no separators, no trailing newline (fullmatch, not ``$``).
+_LABEL = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def builtin_entry(label: str) -> CatalogueEntry | None:
 
 def is_valid_label(label: str) -> bool:
     """Labels are folder names: lowercase ASCII, digits and underscores, at most 64 characters."""
-    return bool(_LABEL.match(label))
+    return bool(_LABEL.fullmatch(label))
 
 
 def default_queries(label: str) -> tuple[str, ...]:

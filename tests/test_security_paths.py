@@ -113,18 +113,11 @@ def test_a_suggested_name_becomes_a_label_both_rules_accept_or_bad_label(text: s
     assert SAFE_LABEL.fullmatch(label) and check_label(label) == label and is_valid_label(label)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two label rules disagree: bot.services.admin.LABEL_RE ^[a-z0-9_]{1,64}$ accepts a leading underscore "
-    "(e.g. '_review', the scraper's review folder), scraper.catalogue's ^[a-z0-9][a-z0-9_]{0,63}$ does not; "
-    "fixing it means one shared rule in those two files, outside this change"))
 @pytest.mark.parametrize("label", ["_review", "_", "__", "_x"])
 def test_admin_and_scraper_agree_on_labels(label: str) -> None:
     assert _admin_accepts(label) == is_valid_label(label)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "both label regexes end in '$' and use re.match, and '$' also matches before a final newline: "
-    "'abc\\n' passes both (a folder named 'abc\\n', still inside the images dir; \\Z or fullmatch fixes it)"))
 @pytest.mark.parametrize("label", ["abc\n", "air_jordan_1\n"])
 def test_a_trailing_newline_is_no_label(label: str) -> None:
     assert not _admin_accepts(label) and not is_valid_label(label)

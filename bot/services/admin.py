@@ -24,8 +24,8 @@ from bot.jobs.scrape import SCRAPE_NOW_FUNC
 from bot.registry import ModelRegistry, VersionInfo, model_labels
 from bot.services.retraining import count_new_corrections
 from bot.store.models import Feedback, Image, JobRun, Prediction, SneakerClass, Suggestion
+from scraper.catalogue import is_valid_label
 
-LABEL_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 MAX_SCRAPE = 500
 DEFAULT_SCRAPE = 50
 ADD_CLASS_SCRAPE = 100  # a new class starts from nothing: more photos than a top-up
@@ -77,8 +77,9 @@ class PendingSuggestion:
 
 def check_label(label: str) -> str:
     """A valid class label, or ``BadLabel``."""
-    if not LABEL_RE.match(label):
-        raise BadLabel("labels are lowercase letters, digits and underscores only, e.g. air_max_90")
+    if not is_valid_label(label):
+        raise BadLabel("labels are lowercase letters, digits and underscores, starting with a letter or digit, "
+                       "e.g. air_max_90")
     return label
 
 
@@ -223,6 +224,12 @@ class AdminService:
 
     def decide_suggestion(self, suggestion_id: int, accept: bool, chat_id: int) -> tuple[str, str | None]:
         """Accept (new class: scrape, then retrain) or reject a suggestion and its duplicates."""
+        with self.sessions() as session:
+            row = session.get(Suggestion, suggestion_id)
+            if row is None or row.status != "pending":
+                raise AdminError("that suggestion was already handled")
+            if accept:
+                label_from_text(row.text)  # a name that makes no label is refused before anything changes
         with self.sessions.begin() as session:
             row = session.get(Suggestion, suggestion_id)
             if row is None or row.status != "pending":
