@@ -9,6 +9,11 @@ package itself (head mode, small input size) in a few seconds on one core.
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +87,96 @@ def shared_model(tmp_path_factory, name: str = "base", *, rotate_labels: bool = 
     rename = {label: order[(i + 1) % len(order)] for i, label in enumerate(order)} if rotate_labels else None
     data = make_dataset(root / "dataset", per_class=20, rename=rename, labels=labels)
     return train_model(data, model_dir, tmp_path_factory.getbasetemp() / "loop-cache")
+
+
+# --------------------------------------------------------------------------- fault tests (crashes, a full disk)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """The sha1 of every file under ``root``, by relative path: "unchanged" made checkable."""
+    import hashlib
+
+    return {str(path.relative_to(root)): hashlib.sha1(path.read_bytes()).hexdigest()
+            for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Half-made things under ``root``: hidden work entries and temporary files (``.work`` itself may stay, empty)."""
+    found = []
+    for path in Path(root).rglob("*"):
+        name = path.name
+        if name == ".work" and path.is_dir() and not any(path.iterdir()):
+            continue
+        if name.startswith((".work", ".incoming-")) or ".partial-" in name or name.endswith((".tmp", ".tmp.npz")):
+            found.append(path)
+    return sorted(found)
+
+
+def seed_corrections(sessions, data_dir: Path, n: int, label: str, *, seed: int = 0,  # noqa: ANN001
+                     user_id: int = 1001) -> list[str]:
+    """``n`` corrections of yellow photos to ``label``, stored as the bot stores them: the photo under
+    ``images/<label>/``, an ``images`` row (source user, status train), a prediction and a "wrong"
+    feedback row. Returns their sha1s."""
+    import hashlib
+
+    from bot.store.models import Feedback, Image, Prediction, User
+
+    sha1s = []
+    with sessions.begin() as session:
+        if session.get(User, user_id) is None:
+            session.add(User(id=user_id))
+            session.flush()
+        for i in range(n):
+            data = photo(YELLOW, seed * 1000 + i)
+            sha1 = hashlib.sha1(data).hexdigest()
+            relative = Path("images") / label / f"{sha1}.jpg"
+            (data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (data_dir / relative).write_bytes(data)
+            prediction = Prediction(user_id=user_id, chat_id=user_id, image_sha1=sha1, top=[], verdict="sneaker")
+            session.add(prediction)
+            session.flush()
+            session.add(Feedback(prediction_id=prediction.id, user_id=user_id, verdict="wrong", label=label))
+            session.add(Image(sha1=sha1, path=str(relative), label=label, source="user", status="train",
+                              user_id=user_id))
+            sha1s.append(sha1)
+    return sha1s
+
+
+def slim_model_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of a model directory without its shipped ``model.onnx`` (18 MB of the tiny model's 19):
+    what a small disk holds. The graph is then built into the ONNX cache on first load."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("model.onnx"))
+    meta = json.loads((out / "model.json").read_text())
+    meta.setdefault("files", {})["onnx"] = None
+    (out / "model.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def wait_for(predicate, what: str, timeout_s: float = 240.0) -> None:  # noqa: ANN001
+    """Poll ``predicate`` (state: rows, files) until it holds; fail after ``timeout_s`` naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def worker_process(log_path: Path) -> Iterator[subprocess.Popen]:
+    """``sneakerbot worker`` in its own process, as in production (settings from the environment);
+    stopped with SIGTERM, and it must exit cleanly (its log is shown when it does not)."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()

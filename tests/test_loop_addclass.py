@@ -15,22 +15,22 @@ import asyncio
 import colorsys
 import hashlib
 import json
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
+from loop_support import worker_process
 from PIL import Image, ImageDraw
+from scraper_support import LocalServer, bing_page, encode, running_server, send
 from sqlalchemy import func, select
 
 from bot.playground import PlaygroundServer
 from bot.settings import STARTER_MODEL_DIR, get_settings
-from bot.store.models import Image as ImageRow, ModelVersion, Prediction
-from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
-from scraper_support import LocalServer, bing_page, encode, running_server, send
+from bot.store.models import Image as ImageRow
+from bot.store.models import ModelVersion, Prediction
 
 ADMIN = 4242
 LABEL, NAME = "nike_dunk_low", "Nike Dunk Low"
@@ -119,16 +119,8 @@ async def bot(env: Path, playground: PlaygroundServer, tmp_path: Path) -> AsyncI
 
 @pytest.fixture
 def worker(bot: BotUnderTest, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], stdout=log, stderr=subprocess.STDOUT)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
+    with worker_process(tmp_path / "worker.log") as process:
+        yield process
 
 
 def labels_of(model_dir: Path) -> set[str]:

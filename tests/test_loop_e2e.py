@@ -11,23 +11,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
+from loop_support import COLOURS, YELLOW, photo, shared_model, worker_process
 from PIL import Image
 from sqlalchemy import select
 
 from bot.playground import PlaygroundServer
 from bot.registry import read_model_json
 from bot.settings import get_settings
-from bot.store.models import Image as ImageRow, ModelVersion, Prediction
-from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
-from loop_support import COLOURS, YELLOW, photo, shared_model
+from bot.store.models import Image as ImageRow
+from bot.store.models import ModelVersion, Prediction
 
 ADMIN = 4242
 CORRECTIONS = 6
@@ -89,16 +88,8 @@ async def bot(env: Path, playground: PlaygroundServer, tmp_path: Path) -> AsyncI
 @pytest.fixture
 def worker(bot: BotUnderTest, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """``sneakerbot worker`` in its own process, as in production (settings from the environment)."""
-    log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], stdout=log, stderr=subprocess.STDOUT)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
+    with worker_process(tmp_path / "worker.log") as process:
+        yield process
 
 
 async def ask(bot: BotUnderTest, user: TestUser, data: bytes) -> tuple[dict, Prediction]:
