@@ -41,6 +41,7 @@ from bot.services.retention import RetentionService
 from bot.settings import Settings
 from bot.store.db import init_db, session_factory
 from bot.telegram_http import HttpOptions, make_request
+from bot.telegram_retry import RetryPolicy, stop_after_uncertain_delivery
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +99,27 @@ def build_application(settings: Settings, services: BotServices, *, api_root: st
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(settings.concurrent_updates)
         # A small pool: httpx scans every pooled connection on each request.
-        .request(make_request(settings.telegram_http, HttpOptions(pool_size=settings.telegram_connection_pool)))
+        .request(make_request(settings.telegram_http, bot_api_http_options(settings)))
         # getUpdates has its own connection; PTB adds the long-poll timeout to this read timeout.
         .get_updates_request(make_request(settings.telegram_http, HttpOptions(pool_size=1, read_timeout=10)))
-        .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_overall_rate, max_retries=3))
+        # 429s are retried after retry_after by the request itself (bot/telegram_retry.py), downloads too.
+        .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_overall_rate, max_retries=0))
         .build()
     )
     application.bot_data[SERVICES_KEY] = services
     application.bot_data[learning_loop.SETTINGS_KEY] = settings  # the learning loop's extension reads it
     register_handlers(application, extensions)
+    application.add_error_handler(stop_after_uncertain_delivery)  # first: no apology after a maybe-sent message
     application.add_error_handler(fallback.on_error)
     return application
+
+
+def bot_api_http_options(settings: Settings) -> HttpOptions:
+    """Connection pool, timeouts and retry policy of the bot's Bot API calls and downloads."""
+    retry = RetryPolicy(retries=settings.telegram_retries, backoff=settings.telegram_retry_backoff_s,
+                        max_retry_after=settings.telegram_max_retry_after_s)
+    return HttpOptions(pool_size=settings.telegram_connection_pool, read_timeout=settings.telegram_read_timeout_s,
+                       connect_timeout=settings.telegram_connect_timeout_s, retry=retry)
 
 
 def register_handlers(application: Application, extensions: Sequence[HandlerExtension] = EXTENSIONS) -> None:

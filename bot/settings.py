@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     model_dir: Path | None = None  # default: <data_dir>/models
     database_url: str | None = None  # default: SQLite file under data_dir
+    # How long one database transaction on the request path is retried while the database is
+    # away (PostgreSQL restarting, SQLite locked by another writer) before the user is told
+    # to try again in a moment (bot.store.retry).
+    db_retry_seconds: float = 30.0
     starter_model_dir: Path = STARTER_MODEL_DIR
 
     # --- ML ----------------------------------------------------------------
@@ -62,6 +66,12 @@ class Settings(BaseSettings):
     telegram_connection_pool: int = 8  # HTTP connections to the Bot API server
     telegram_http: str = "aiohttp"  # the Bot API transport: "aiohttp" (cheaper per call) or "httpx" (PTB's own)
     poll_timeout_s: int = 10  # getUpdates long-poll timeout
+    # Bot API calls and downloads (getUpdates keeps its own): timeouts, and retries (bot/telegram_retry.py)
+    telegram_read_timeout_s: float = 5.0  # no answer within this is a timeout (a send is then not repeated)
+    telegram_connect_timeout_s: float = 5.0
+    telegram_retries: int = 3  # extra attempts after a failure that may be retried; 0 turns retries off
+    telegram_retry_backoff_s: float = 0.5  # pause before the first retry; doubles for each next one
+    telegram_max_retry_after_s: float = 30.0  # a 429 asking for a longer wait fails instead of waiting
     retention_interval_s: int = 3600  # how often expired pending photos are purged
 
     # --- scraper -----------------------------------------------------------

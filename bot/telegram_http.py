@@ -7,6 +7,9 @@ answer and its share of getUpdates). ``AiohttpRequest`` is the same contract on 
 client (already a dependency for the playground) at about 0.6 ms per call. PTB still builds
 every request, parses every answer and maps Bot API errors (``BaseRequest.post``/``retrieve``);
 only the transport differs. ``SNEAKERBOT_TELEGRAM_HTTP=httpx`` switches back to PTB's own.
+
+``HttpOptions.retry`` wraps either backend in ``bot.telegram_retry.RetryingRequest``: which
+failed calls and downloads are tried again, and why a send whose answer was lost is not.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import aiohttp
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, HTTPXRequest, RequestData
 
+from bot.telegram_retry import RetryingRequest, RetryPolicy
+
 
 @dataclass(frozen=True)
 class HttpOptions:
@@ -28,6 +33,7 @@ class HttpOptions:
     read_timeout: float | None = 5.0
     connect_timeout: float | None = 5.0
     pool_timeout: float | None = 30.0
+    retry: RetryPolicy | None = None  # None: every call is attempted once
 
 
 RequestFactory = Callable[[HttpOptions], BaseRequest]
@@ -45,12 +51,13 @@ def http_backend(name: str) -> Callable[[RequestFactory], RequestFactory]:
 
 
 def make_request(backend: str, options: HttpOptions) -> BaseRequest:
-    """A request object of the named backend; unknown names fail with the valid ones."""
+    """A request object of the named backend (under ``options.retry``, if set); unknown names fail with the valid ones."""
     try:
         factory = HTTP_BACKENDS[backend]
     except KeyError:
         raise ValueError(f"unknown Telegram HTTP backend {backend!r}; use one of {', '.join(HTTP_BACKENDS)}") from None
-    return factory(options)
+    request = factory(options)
+    return request if options.retry is None else RetryingRequest(request, options.retry)
 
 
 @http_backend("httpx")

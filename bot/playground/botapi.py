@@ -280,12 +280,14 @@ async def get_file(state: PlaygroundState, params: JSON) -> JSON:
             "file_size": len(stored.data), "file_path": stored.file_path}
 
 
-async def call_method(state: PlaygroundState, name: str, raw: dict[str, Any]) -> Any:
-    """Run one Bot API call: injected floods first, then the registered method."""
+def method_of(name: str) -> Method:
+    """The registered method, or Telegram's 404 for a name it does not know."""
     method = METHODS.get(name.lower())
     if method is None:
         raise BotApiError(404, "Not Found")
-    retry_after = state.take_flood(name)
-    if retry_after is not None:
-        raise BotApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
-    return await method(state, decode_params(raw))
+    return method
+
+
+async def call_method(state: PlaygroundState, name: str, raw: dict[str, Any]) -> Any:
+    """Run one Bot API call. Injected failures (floods, faults) are the HTTP layer's: ``server.bot_api``."""
+    return await method_of(name)(state, decode_params(raw))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +12,14 @@ from aiohttp import web
 from pillow_heif import register_heif_opener
 
 import bot.playground.userapi as userapi
-from bot.playground.botapi import call_method
-from bot.playground.state import STATE, BotApiError, PlaygroundState
+from bot.playground.botapi import call_method, method_of
+from bot.playground.state import DOWNLOAD, STATE, BotApiError, Fault, PlaygroundState
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BOT_ID = 7000000001
+HOLD_CHECK_S = 0.05  # how often a held request looks whether its client is still there
+GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
 
 
 def bot_user(token: str) -> dict[str, Any]:
@@ -46,24 +50,70 @@ async def read_params(request: web.Request, state: PlaygroundState) -> dict[str,
     return params
 
 
-async def bot_api(request: web.Request) -> web.Response:
-    """``/bot<token>/<method>``: the Bot API itself."""
+async def bot_api(request: web.Request) -> web.StreamResponse:
+    """``/bot<token>/<method>``: the Bot API itself (with the failures injected for this method, if any)."""
     state: PlaygroundState = request.app[STATE]
     if request.match_info["token"] != state.token:
         raise BotApiError(401, "Unauthorized")
-    result = await call_method(state, request.match_info["method"], await read_params(request, state))
-    return web.json_response({"ok": True, "result": result})
+    name = request.match_info["method"]
+    method_of(name)  # an unknown method is a 404 and spends no injected failure
+    params = await read_params(request, state)
+
+    async def perform() -> web.Response:
+        return web.json_response({"ok": True, "result": await call_method(state, name, params)})
+
+    return await answer(request, state.take_fault(name), perform)
 
 
-async def download(request: web.Request) -> web.Response:
-    """``/file/bot<token>/<file_path>``: file downloads, as on Telegram."""
+async def download(request: web.Request) -> web.StreamResponse:
+    """``/file/bot<token>/<file_path>``: file downloads, as on Telegram (faults name this route ``file``)."""
     state: PlaygroundState = request.app[STATE]
     if request.match_info["token"] != state.token:
         raise BotApiError(401, "Unauthorized")
     stored = state.file_by_path(request.match_info["path"])
     if stored is None:
         raise BotApiError(404, "Not Found")
-    return web.Response(body=stored.data, content_type=stored.mime_type)
+    data, mime_type = stored.data, stored.mime_type
+
+    async def perform() -> web.Response:
+        return web.Response(body=data, content_type=mime_type)
+
+    return await answer(request, state.take_fault(DOWNLOAD), perform)
+
+
+async def answer(request: web.Request, fault: Fault | None,
+                 perform: Callable[[], Awaitable[web.Response]]) -> web.StreamResponse:
+    """``perform`` the call and send its answer, or fail the way ``fault`` says.
+
+    With ``after_accept`` the call is performed first (its message is sent, its edit made) and
+    only the answer fails. "429" and a plain "500" are the Bot API's own error bodies; "500"
+    after the call was performed is a gateway's bare 502 page; "timeout" holds the request
+    until ``hold`` seconds pass or the client gives up, then closes the connection; "drop"
+    closes it at once. Neither sends a byte of an answer.
+    """
+    if fault is None:
+        return await perform()
+    if fault.after_accept:
+        await perform()  # the call's own error (a 400, say) is answered as it is, and the fault is spent
+    if fault.kind == "429":
+        raise BotApiError(429, f"Too Many Requests: retry after {fault.retry_after}", retry_after=fault.retry_after)
+    if fault.kind == "500":
+        if fault.after_accept:
+            return web.Response(status=502, text=GATEWAY_PAGE, content_type="text/html")
+        raise BotApiError(500, "Internal Server Error")
+    if fault.kind == "timeout":
+        await hold(request, fault.hold)
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()  # never reaches the client: its connection is closed
+
+
+async def hold(request: web.Request, seconds: float) -> None:
+    """Wait ``seconds``, or less when the client closes the connection first (it timed out)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline and request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(HOLD_CHECK_S)
 
 
 async def index(request: web.Request) -> web.FileResponse:

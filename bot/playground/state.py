@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 JSON = dict[str, Any]
+FAULT_KINDS = ("429", "500", "timeout", "drop")
+DOWNLOAD = "file"  # the name faults give the file download route (``/file/bot<token>/<path>``)
 
 
 class BotApiError(Exception):
@@ -51,6 +53,26 @@ class StoredFile:
     mime_type: str
 
 
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure of one Bot API call or download (``POST /playground/api/faults``).
+
+    ``kind``: "429" (Telegram's flood answer with ``retry_after``), "500" (the Bot API's own
+    ``{"ok": false}`` error), "timeout" (the server holds the request ``hold`` seconds without
+    answering: longer than the client's read timeout) or "drop" (the connection is closed
+    without an answer). ``after_accept``: the server performs the method first (the message
+    IS sent) and only then fails, which is the ambiguous case a client cannot tell from a
+    failure before: "timeout" and "drop" then look exactly the same to the bot, and "500"
+    comes as a gateway's bare 502 page (a Bot API that performed a method never answers it
+    with its own error).
+    """
+
+    kind: str
+    retry_after: int = 1
+    after_accept: bool = False
+    hold: float = 30.0
+
+
 @dataclass
 class PlaygroundState:
     """All chats of one bot. Only ever touched from the server's event loop."""
@@ -67,6 +89,8 @@ class PlaygroundState:
     callbacks: dict[str, JSON] = field(default_factory=dict)
     commands: list[JSON] = field(default_factory=list)
     floods: dict[str, list[int]] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)  # method (lower case) or DOWNLOAD -> pending
+    faults_served: list[JSON] = field(default_factory=list)  # every injected failure that happened, in order
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     poll_generation: int = 0
     max_download_bytes: int = 20 * 1024 * 1024  # getFile's limit on Telegram's hosted Bot API
@@ -147,6 +171,26 @@ class PlaygroundState:
         """A pending injected 429 for ``method`` (its retry_after), if any."""
         queue = self.floods.get(method.lower())
         return queue.pop(0) if queue else None
+
+    def add_faults(self, method: str, fault: Fault, count: int = 1) -> int:
+        """Make the next ``count`` calls of ``method`` (or of ``DOWNLOAD``) fail as ``fault`` says; how many wait."""
+        queue = self.faults.setdefault(method.lower(), [])
+        queue.extend([fault] * count)
+        return len(queue)
+
+    def take_fault(self, method: str) -> Fault | None:
+        """The failure this call of ``method`` gets, if any: floods (``/flood``, a 429) first, then faults."""
+        name = method.lower()
+        retry_after = self.take_flood(name)
+        if retry_after is not None:
+            fault: Fault | None = Fault("429", retry_after=retry_after)
+        else:
+            queue = self.faults.get(name)
+            fault = queue.pop(0) if queue else None
+        if fault is not None:
+            self.faults_served.append({"method": name, "kind": fault.kind, "after_accept": fault.after_accept,
+                                       "time": time.time()})
+        return fault
 
 
 STATE = web.AppKey("state", PlaygroundState)

@@ -10,16 +10,19 @@ import asyncio
 import io
 import math
 import time
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
-from bot.playground.state import JSON, STATE, BotApiError, PlaygroundState, bad_request
+from bot.playground.botapi import METHODS
+from bot.playground.state import DOWNLOAD, FAULT_KINDS, JSON, STATE, BotApiError, Fault, PlaygroundState, bad_request
 
 routes = web.RouteTableDef()
 PHOTO_SIDES = (320, 1280)  # Telegram keeps several sizes; two are enough to choose from
 MAX_EVENT_WAIT = 30.0
+MAX_FAULT_HOLD = 120.0  # the longest an injected "timeout" may hold a request, in seconds
 
 # Message kinds the page can send without a file: what a real client would attach.
 SYNTHETIC_KINDS: dict[str, JSON] = {
@@ -237,12 +240,59 @@ async def file_for_page(request: web.Request) -> web.Response:
 
 @routes.post("/playground/api/flood")
 async def inject_flood(request: web.Request) -> web.Response:
-    """Make the next ``count`` calls of ``method`` fail with 429 and ``retry_after`` (tests, demos)."""
+    """Make the next ``count`` calls of ``method`` fail with 429 and ``retry_after`` (tests, demos).
+
+    The older shorthand of ``/faults`` with ``"kind": "429"``; these come before other faults.
+    """
     body = await request.json()
     method = str(body.get("method", "")).lower()
     retry_after = int(body.get("retry_after", 1))
     state_of(request).floods.setdefault(method, []).extend([retry_after] * int(body.get("count", 1)))
     return ok(True)
+
+
+@routes.post("/playground/api/faults")
+async def inject_faults(request: web.Request) -> web.Response:
+    """Make the next ``count`` calls of a Bot API ``method``, or downloads (``"file"``), fail (tests, demos).
+
+    JSON ``{"method", "kind": "429"|"500"|"timeout"|"drop", "count": 1, "retry_after": 1,
+    "after_accept": false, "hold": 30}``; what each kind does is ``state.Fault``'s docstring.
+    A 429 is never answered after the method was performed, so "429" takes no ``after_accept``.
+    """
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise bad_request("send a JSON object")
+    method = str(body.get("method", "")).lower()
+    if method not in METHODS and method != DOWNLOAD:
+        raise bad_request(f"unknown method {method!r}: a Bot API method or {DOWNLOAD!r} (downloads)")
+    kind = str(body.get("kind", ""))
+    if kind not in FAULT_KINDS:
+        raise bad_request(f"unknown fault kind {kind!r}; use one of {list(FAULT_KINDS)}")
+    after_accept = body.get("after_accept", False)
+    if not isinstance(after_accept, bool):
+        raise bad_request("after_accept must be true or false")
+    if kind == "429" and after_accept:
+        raise bad_request("a 429 is never answered after the method was performed")
+    try:
+        count, retry_after, hold = int(body.get("count", 1)), int(body.get("retry_after", 1)), float(body.get("hold", 30))
+    except (TypeError, ValueError):
+        raise bad_request("count, retry_after and hold must be numbers") from None
+    if count < 1 or retry_after < 0 or not 0 < hold <= MAX_FAULT_HOLD:
+        raise bad_request(f"count must be at least 1, retry_after at least 0 and hold in (0, {MAX_FAULT_HOLD:g}]")
+    fault = Fault(kind, retry_after=retry_after, after_accept=after_accept, hold=hold)
+    pending = state_of(request).add_faults(method, fault, count)
+    return ok({"method": method, "pending": pending})
+
+
+@routes.get("/playground/api/faults")
+async def list_faults(request: web.Request) -> web.Response:
+    """Faults still waiting, by method, and every injected failure that happened so far, oldest first."""
+    state = state_of(request)
+    pending = {method: [asdict(fault) for fault in queue] for method, queue in state.faults.items() if queue}
+    for method, queue in state.floods.items():
+        if queue:
+            pending.setdefault(method, [])[:0] = [asdict(Fault("429", retry_after=n)) for n in queue]
+    return ok({"pending": pending, "served": state.faults_served})
 
 
 @routes.get("/playground/api/info")
