@@ -1,7 +1,8 @@
 """Build the running bot: database, model, services and the python-telegram-bot Application.
 
 ``build_runtime`` wires everything from one ``Settings``; ``start_bot``/``stop_bot`` run long
-polling inside the caller's event loop (the CLI and the tests use the same two calls).
+polling, or a webhook on the bot's own web server (``bot.web``), inside the caller's event loop
+(the CLI and the tests use the same two calls).
 Updates are handled concurrently; inference runs on the identify service's thread pool.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,12 +27,14 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
 from bot import learning_loop, render
 from bot.handlers import commands, fallback, feedback, photos
 from bot.handlers.context import SERVICES_KEY, BotContext, BotLimits, BotServices
+from bot.metrics import METRICS_KEY, BotMetrics
 from bot.services.decoding import PhotoDecoder
 from bot.services.feedback import FeedbackService
 from bot.services.identify import IdentifyService
@@ -42,6 +45,7 @@ from bot.settings import Settings
 from bot.store.db import init_db, session_factory
 from bot.telegram_http import HttpOptions, make_request
 from bot.telegram_retry import RetryPolicy, stop_after_uncertain_delivery
+from bot.web import BotWebServer, WebhookConfig, register_webhook
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class BotRuntime:
     sessions: sessionmaker[Session]
     services: BotServices
     application: Application
+    metrics: BotMetrics = field(default_factory=BotMetrics)  # its own registry: several runtimes may share a process
+    web: BotWebServer | None = None  # health, metrics and the webhook, when served
 
 
 def build_services(settings: Settings, sessions: sessionmaker[Session], served: ServedModel) -> BotServices:
@@ -85,7 +91,8 @@ def build_services(settings: Settings, sessions: sessionmaker[Session], served: 
 
 
 def build_application(settings: Settings, services: BotServices, *, api_root: str | None = None,
-                      token: str | None = None, extensions: Sequence[HandlerExtension] = EXTENSIONS) -> Application:
+                      token: str | None = None, extensions: Sequence[HandlerExtension] = EXTENSIONS,
+                      metrics: BotMetrics | None = None) -> Application:
     """The PTB Application talking to ``<api_root>/bot<token>/``, with every handler registered."""
     root = (api_root or settings.bot_api_url).rstrip("/")
     token = token or (settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None)
@@ -108,6 +115,9 @@ def build_application(settings: Settings, services: BotServices, *, api_root: st
     )
     application.bot_data[SERVICES_KEY] = services
     application.bot_data[learning_loop.SETTINGS_KEY] = settings  # the learning loop's extension reads it
+    if metrics is not None:  # every update counted first, in its own group: the others still run
+        application.bot_data[METRICS_KEY] = metrics
+        application.add_handler(TypeHandler(Update, metrics.on_update), group=-1)
     register_handlers(application, extensions)
     application.add_error_handler(stop_after_uncertain_delivery)  # first: no apology after a maybe-sent message
     application.add_error_handler(fallback.on_error)
@@ -168,32 +178,50 @@ async def _retention_job(context: BotContext) -> None:
 
 
 def build_runtime(settings: Settings, *, served: ServedModel | None = None, api_root: str | None = None,
-                  token: str | None = None) -> BotRuntime:
-    """Database (migrated), model (starter installed on first start), services and Application."""
+                  token: str | None = None, metrics: BotMetrics | None = None) -> BotRuntime:
+    """Database (migrated), model (starter installed on first start), services, metrics and Application."""
     settings.ensure_dirs()
-    engine = init_db(settings.db_url)
+    engine = init_db(settings.db_url, retry_seconds=settings.db_retry_seconds)
     sessions = session_factory(engine)
     if served is None:
         served = load_served_model(sessions, starter_dir=settings.starter_model_dir, models_dir=settings.models_path,
                                    thresholds=settings.threshold_overrides())
     services = build_services(settings, sessions, served)
-    application = build_application(settings, services, api_root=api_root, token=token)
-    return BotRuntime(engine, sessions, services, application)
+    metrics = metrics or BotMetrics()
+    metrics.watch_model(services.models)
+    application = build_application(settings, services, api_root=api_root, token=token, metrics=metrics)
+    return BotRuntime(engine, sessions, services, application, metrics)
 
 
-async def start_bot(runtime: BotRuntime, *, poll_timeout: int = 10) -> None:
-    """Initialise and start long polling in the running event loop (pending updates are kept)."""
+async def start_bot(runtime: BotRuntime, *, poll_timeout: int = 10, webhook: WebhookConfig | None = None,
+                    web: BotWebServer | None = None) -> None:
+    """Initialise and start the Application in the running event loop (pending updates are kept), then
+    long polling, or with ``webhook`` setWebhook to our own server (``bot.web``; one is made on the
+    config's host and port unless ``web`` is given). ``web`` alone serves health and metrics."""
     application = runtime.application
     await application.initialize()
     await application.start()
     await _on_started(application)
-    await application.updater.start_polling(timeout=poll_timeout, poll_interval=0.0,
-                                            allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+    if webhook is not None and web is None:
+        web = BotWebServer(webhook.host, webhook.port, webhook=webhook)
+    if web is not None:
+        runtime.web = web
+        web.attach(runtime)
+        await web.start()  # a no-op when it already served /healthz while the model loaded
+    if webhook is None:  # PTB deletes a webhook set before
+        await application.updater.start_polling(timeout=poll_timeout, poll_interval=0.0,
+                                                allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+    else:
+        await register_webhook(application.bot, webhook)
 
 
 async def stop_bot(runtime: BotRuntime) -> None:
-    """Stop polling, finish running handlers, release the database."""
+    """Stop taking updates (polling, or the web server: requests in flight finish), finish the updates
+    taken and the running handlers, release the database. The webhook stays set: Telegram keeps the
+    updates that come meanwhile for the next start."""
     application = runtime.application
+    if runtime.web is not None:
+        await runtime.web.stop()
     if application.updater.running:
         await application.updater.stop()
     if application.running:

@@ -16,14 +16,24 @@ models path, reaches them without a restart.
 
 Statuses: ``candidate`` (just registered), ``promoted`` (is or was current),
 ``rejected`` (lost the comparison, with ``reason``), ``retired`` (was current,
-replaced by a newer promotion).
+replaced by a newer promotion), ``failed`` (its run stopped before the gate decided: an
+error, a full disk, a killed worker; its files are removed and it can never be served).
+
+Crashes and a full disk: a version's files are written under a hidden staging name and
+renamed, then its row is committed, so a numbered directory is always complete and a row
+always finds its files. A failed copy removes its staging directory (``StorageFull`` when
+the disk is full). What a killed worker leaves (hidden ``.incoming-*`` and ``.work/``
+entries, ``candidate`` rows) is cleared when the worker starts again
+(``sweep_unfinished``, ``fail_unfinished``); version numbers are never reused.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +61,34 @@ class UnknownVersion(RegistryError):
 
 class BadModelDir(RegistryError):
     """A directory that is not a model directory (no readable model.json)."""
+
+
+class StorageFull(RegistryError):
+    """The disk holding the models path is full; nothing half-copied was kept."""
+
+
+class NeverServed(RegistryError):
+    """A version that never passed the promotion gate (``candidate``, ``failed``) cannot be made current."""
+
+
+#: Errors of a write that found no room: a full disk, or a quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+WORK_DIR, STAGING_PREFIX = ".work", ".incoming-"
+NEVER_SERVED = ("candidate", "failed")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from, says the disk (or a quota) is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -189,37 +227,47 @@ class ModelRegistry:
 
     # --- writing ------------------------------------------------------------
     def install_starter(self, starter_dir: Path) -> VersionInfo | None:
-        """Install the starter model as version 1 if the registry is empty; else do nothing.
+        """Install the starter model (version 1 in an empty registry) when no version is current; else do nothing.
 
-        Raises ``BadModelDir`` when ``starter_dir`` holds no model.
+        It is committed as the current version at once, never as a candidate. Raises ``BadModelDir`` when ``starter_dir`` holds no model.
         """
-        with self._sessions() as session:
-            if session.scalar(select(func.count()).select_from(ModelVersion)):
-                return None
+        if self.current_version() is not None:
+            return None  # a registry whose only rows never served (``failed``) still gets its starter
         try:
-            info = self.register(starter_dir, data_snapshot={}, config={"source": "starter"})
+            info = self.register(starter_dir, data_snapshot={}, config={"source": "starter"},
+                                 promote_reason="starter model")
         except IntegrityError:  # another process installed it at the same moment
             return None
-        self._set_current(info.version, status="promoted", reason="starter model")
         log.info("installed the starter model from %s as version %d", starter_dir, info.version)
-        return self.get(info.version)
+        return info
 
-    def register(self, model_dir: Path, *, data_snapshot: dict, config: dict | None = None) -> VersionInfo:
-        """Copy ``model_dir`` into the registry as a new ``candidate`` version."""
+    def register(self, model_dir: Path, *, data_snapshot: dict, config: dict | None = None,
+                 promote_reason: str | None = None) -> VersionInfo:
+        """Copy ``model_dir`` into the registry as a new ``candidate`` version.
+
+        The files go in first (complete, or not at all: ``StorageFull`` on a full disk), then
+        the row is committed, so a row always finds its files. With ``promote_reason`` the row
+        is committed as the current, promoted version in the same transaction (the starter
+        model: no moment where it is a candidate).
+        """
         meta = read_model_json(model_dir)
         version = self._next_version()
         target = self._copy_in(Path(model_dir), version)
         with self._sessions.begin() as session:
+            if promote_reason is not None:
+                self._retire_current(session, version)
             session.add(
                 ModelVersion(
                     version=version,
                     path=str(version),
-                    status="candidate",
-                    is_current=False,
+                    status="candidate" if promote_reason is None else "promoted",
+                    is_current=promote_reason is not None,
                     backbone=backbone_name(meta),
                     metrics={"model": meta.get("metrics", {})},
                     config={**(config or {}), "model": meta.get("config", {})},
                     data_snapshot=data_snapshot,
+                    reason=promote_reason,
+                    promoted_at=utcnow() if promote_reason is not None else None,
                 )
             )
         log.info("registered model version %d at %s", version, target)
@@ -237,6 +285,8 @@ class ModelRegistry:
         measured and reported, never held against the current model.
         """
         candidate = self.get(version)
+        if candidate.status != "candidate":
+            raise RegistryError(f"version {version} is {candidate.status}, not a candidate: nothing to decide")
         current = self.current()
         if current is None:
             result = evaluate(candidate.path, test_set)
@@ -287,11 +337,60 @@ class ModelRegistry:
     def rollback(self, version: int) -> VersionInfo:
         """Make ``version`` current again (any version whose files are still there)."""
         info = self.get(version)
+        if info.status in NEVER_SERVED:
+            raise NeverServed(f"version {version} never passed the promotion gate ({info.status}"
+                              f"{': ' + info.reason if info.reason else ''}): it cannot be served")
         if not (info.path / MODEL_FILE).is_file():
             raise BadModelDir(f"the files of version {version} are gone: {info.path}")
         self._set_current(version, status="promoted", reason=f"rollback to version {version}")
         log.warning("rolled back to model version %d", version)
         return self.get(version)
+
+    # --- failures and crashes -----------------------------------------------
+    def fail(self, version: int, reason: str) -> None:
+        """A candidate whose run stopped before the gate decided: ``failed``, its files removed.
+
+        It never becomes current (``rollback`` refuses it) and its number is not reused.
+        """
+        with self._sessions.begin() as session:
+            row = session.get(ModelVersion, version)
+            if row is None or row.status != "candidate":
+                return
+            row.status, row.reason = "failed", reason[:2000]
+            path = self.resolve(row.path)
+        _remove_tree(path)
+        log.warning("model version %d failed: %s", version, reason)
+
+    def fail_unfinished(self, reason: str) -> list[int]:
+        """Mark every ``candidate`` row ``failed`` (a stopped worker's); returns their versions.
+
+        Only when no retrain runs: the worker calls it when it starts (one worker per
+        database and models path, as ``close_interrupted_runs`` assumes too).
+        """
+        with self._sessions() as session:
+            versions = list(session.scalars(select(ModelVersion.version).where(ModelVersion.status == "candidate")))
+        for version in versions:
+            self.fail(version, reason)
+        return versions
+
+    def sweep_unfinished(self) -> list[Path]:
+        """Remove what a stopped worker half-made: ``.work/*`` and ``.incoming-*``; returns what was removed.
+
+        Readers never look at these hidden names; they only take room. The staging dirs are
+        left alone while no version is current: a bot installing the starter model may be
+        copying it in right now.
+        """
+        removed = []
+        work = self.models_path / WORK_DIR
+        entries = sorted(work.iterdir()) if work.is_dir() else []
+        if self.current_version() is not None and self.models_path.is_dir():
+            entries += sorted(self.models_path.glob(f"{STAGING_PREFIX}*"))
+        for entry in entries:
+            _remove_tree(entry)
+            removed.append(entry)
+        if removed:
+            log.warning("removed what a stopped worker left half-made: %s", ", ".join(str(p) for p in removed))
+        return removed
 
     # --- internals ----------------------------------------------------------
     def _next_version(self) -> int:
@@ -301,27 +400,43 @@ class ModelRegistry:
         return max([highest, *on_disk]) + 1
 
     def _copy_in(self, source: Path, version: int) -> Path:
-        """Copy to a hidden temp dir, then rename: readers see all of a model or none."""
+        """Copy to a hidden temp dir, then rename: readers see all of a model or none.
+
+        On any failure the staging dir is removed; a full disk raises ``StorageFull``.
+        """
         self.models_path.mkdir(parents=True, exist_ok=True)
         target = self.models_path / str(version)
-        staging = self.models_path / f".incoming-{version}"
+        staging = self.models_path / f"{STAGING_PREFIX}{version}"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        staging.rename(target)
+        try:
+            _copy_tree(source, staging)
+            staging.rename(target)
+        except BaseException as exc:
+            _remove_tree(staging)
+            if is_disk_full(exc):
+                raise StorageFull(
+                    f"the disk is full: no room in {self.models_path} to copy in version {version} "
+                    f"({_tree_size(source) / 1e6:.1f} MB); the partial copy was removed ({exc})") from exc
+            raise
+        _fsync_dir(self.models_path)
         return target
 
     def _set_current(self, version: int, *, status: str, reason: str) -> None:
         with self._sessions.begin() as session:
-            session.execute(
-                update(ModelVersion)
-                .where(ModelVersion.is_current.is_(True), ModelVersion.version != version)
-                .values(is_current=False, status="retired")
-            )
+            self._retire_current(session, version)
             row = session.get(ModelVersion, version)
             row.is_current = True
             row.status = status
             row.reason = reason
             row.promoted_at = utcnow()
+
+    @staticmethod
+    def _retire_current(session: Session, version: int) -> None:
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.is_current.is_(True), ModelVersion.version != version)
+            .values(is_current=False, status="retired")
+        )
 
     def _reject(self, version: int, reason: str) -> None:
         with self._sessions.begin() as session:
@@ -357,6 +472,43 @@ class ModelRegistry:
             created_at=row.created_at,
             promoted_at=row.promoted_at,
         )
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a directory's files (with their times) and make them durable before the rename."""
+    for dirpath, _dirnames, filenames in os.walk(source):
+        folder = target / Path(dirpath).relative_to(source)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            copied = shutil.copy2(Path(dirpath) / name, folder / name)
+            with open(copied, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory (or file) if it is there; removing never needs free space."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 SIGNIFICANCE = 0.05

@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     scrape_cron_hour: int = 4
     scrape_classes_per_run: int = 3  # most-corrected classes the daily scrape tops up
 
+    # --- webhook mode, health and metrics (bot/web.py) -----------------------
+    # The public HTTPS URL Telegram POSTs updates to; set, ``sneakerbot run`` uses a webhook
+    # instead of long polling. The bot listens on its path at webhook_listen_host:port (behind
+    # a TLS-terminating proxy); /healthz, /readyz and /metrics are served there too.
+    webhook_url: str | None = None
+    webhook_listen_host: str = "127.0.0.1"  # "0.0.0.0" in a container
+    webhook_listen_port: int = 8443
+    # Telegram sends it in X-Telegram-Bot-Api-Secret-Token; required in webhook mode, never logged
+    # (16-256 characters: A-Z, a-z, 0-9, _ and -).
+    webhook_secret: SecretStr | None = None
+    # In long-polling mode, /healthz, /readyz and /metrics on this port (unset: not served).
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_ids(cls, value: object) -> object:

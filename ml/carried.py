@@ -16,6 +16,7 @@ float ones for all but a handful of photos (the figure is in ``model.json``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +76,26 @@ class Carried:
         return cls(frame, np.concatenate([p.feats for p in parts]).astype(np.float32))
 
     def save(self, model_dir: Path) -> str:
-        """Write ``carried.npz`` into ``model_dir``; returns its file name."""
+        """Write ``carried.npz`` into ``model_dir``; returns its file name.
+
+        Through a temporary file renamed into place: a crash or a full disk never leaves a
+        half-written ``carried.npz``, and a failed write leaves no temporary file either.
+        """
         q, lo, step = quantize(self.feats)
         path = Path(model_dir) / CARRIED_FILE
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(
-            tmp, q=q, lo=lo, step=step, footwear=self.frame["footwear"].to_numpy(np.float16),
-            **{name: np.asarray(self.frame[name].astype(str).tolist(), dtype=str)
-               for name in ("sha1", "label", "split", "view")})
-        tmp.replace(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(
+                    handle, q=q, lo=lo, step=step, footwear=self.frame["footwear"].to_numpy(np.float16),
+                    **{name: np.asarray(self.frame[name].astype(str).tolist(), dtype=str)
+                       for name in ("sha1", "label", "split", "view")})
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return CARRIED_FILE
 
     @classmethod

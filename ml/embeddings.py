@@ -63,14 +63,37 @@ class EmbeddingStore:
         return feats, np.array([self.items[s][1] for s in sha1s], dtype=np.float32)
 
     def save(self) -> None:
+        """Write the store through a temporary file renamed into place (readers never see half a file).
+
+        The temporary name is hidden and this process's own; a failed write (a full disk) removes
+        it and leaves the previous file as it was, and a write killed midway leaves only a stale
+        temporary file, which the next save of this store removes.
+        """
         if not self.dirty:
             return
+        import os
+        import time
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npz")
+        leftovers = [*self.path.parent.glob(f".{self.path.stem}.*.tmp.npz"), self.path.with_suffix(".tmp.npz")]
+        for stale in leftovers:
+            try:  # a save killed midway (older than any save takes)
+                if time.time() - stale.stat().st_mtime > 3600:
+                    stale.unlink(missing_ok=True)
+            except OSError:
+                pass
+        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
         shas = list(self.items)
-        np.savez(tmp, sha1=np.array(shas), feats=np.stack([self.items[s][0] for s in shas]),
-                 footwear=np.array([self.items[s][1] for s in shas], dtype=np.float32))
-        tmp.replace(self.path)
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, sha1=np.array(shas), feats=np.stack([self.items[s][0] for s in shas]),
+                         footwear=np.array([self.items[s][1] for s in shas], dtype=np.float32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.dirty = False
 
 

@@ -134,11 +134,29 @@ def _export(module: torch.nn.Module, dummy: torch.Tensor, inputs: list[str], out
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write`` into a temporary file beside ``path``, then move it into place (no half-written graph)."""
+    """``write`` into a temporary file beside ``path``, then move it into place (no half-written graph).
+
+    The temporary file is this process's own; any failure (a full disk) removes it, and the
+    leftover of an export killed midway is removed by the next export of the same graph.
+    """
+    import time
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:  # older than any export takes: its process is gone
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink(missing_ok=True)
+        except OSError:
+            pass
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 

@@ -8,6 +8,7 @@ exported once on first load into a cache directory, keyed by the weights' sha1.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -253,7 +254,10 @@ def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo,
         if gated:
             return export_gated(net, cached, info.preprocessing.size, centroids), True  # type: ignore[arg-type]
         return export_onnx(net, cached, info.preprocessing.size), False
-    except OSError as exc:
+    except OSError as exc:  # the partial file is gone (``_write_atomically``); whoever serves a model keeps it
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ModelDirError(f"the disk is full: no room in {cache_dir} for the ONNX build of {model_dir} "
+                                f"({exc}); nothing was left half-written") from exc
         raise ModelDirError(f"cannot write the ONNX build of {model_dir} to {cache_dir}: {exc}") from exc
 
 

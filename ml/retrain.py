@@ -23,7 +23,10 @@ test, plots, the merged carried features, and ``model.json`` with no path outsid
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,8 +248,15 @@ def _fit(head: Classifier, data: Carried, classes: list[str], settings: RetrainS
 def write_candidate(base_dir: Path, meta: dict, out: Path, head: Classifier, classes: list[str],
                     names: dict[str, str], data: Carried, frame: pd.DataFrame, history: list[dict],
                     settings: RetrainSettings) -> Path:
-    """Calibrate on val, measure on test, plot, and write a complete model directory."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Calibrate on val, measure on test, plot, and write a complete model directory.
+
+    All of it or nothing: the files go into a hidden sibling of ``out`` that is renamed to
+    ``out`` when complete (``out`` must not exist or be empty); on any failure, a full disk
+    included (a ``RetrainError`` that says so), the partial files are removed.
+    """
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise RetrainError(f"{out} already holds files: a candidate goes into a new or empty directory")
     index = {label: i for i, label in enumerate(classes)}
     centroids = class_centroids(data.select(split="train", view="center"), classes, base_dir, meta)
     method = meta.get("footwear", {}).get("method", "imagenet")
@@ -259,21 +269,47 @@ def write_candidate(base_dir: Path, meta: dict, out: Path, head: Classifier, cla
         familiarity=outputs["val"][3], familiar_quantile=float(cfg.get("familiar_quantile", 0.25)))
     metrics = {split: compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=fam)
                for split, (probs, y, fw, fam) in outputs.items()}
-    files = _write_files(base_dir, meta, out, head, centroids, data)
-    new_meta = {
-        **meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": None,
-        "classes": [{"label": c, "display_name": names.get(c) or artifacts.display_name(c)} for c in classes],
-        "thresholds": thresholds, "metrics": metrics, "history": history, "files": files,
-        "config": _config(cfg, settings, classes, meta),
-        "data": _snapshot(data, frame),
-    }
-    new_meta.pop("onnx_check", None)
-    new_meta["carried"] = _carried_summary(data, out, new_meta)
-    artifacts.write_model_json(out, new_meta)
-    _plots(out, history, outputs["test"], classes, data, frame)
-    _readme(out, new_meta, [c for c in classes if c not in {x["label"] for x in meta["classes"]}])
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        files = _write_files(base_dir, meta, staging, head, centroids, data)
+        new_meta = {
+            **meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": None,
+            "classes": [{"label": c, "display_name": names.get(c) or artifacts.display_name(c)} for c in classes],
+            "thresholds": thresholds, "metrics": metrics, "history": history, "files": files,
+            "config": _config(cfg, settings, classes, meta),
+            "data": _snapshot(data, frame),
+        }
+        new_meta.pop("onnx_check", None)
+        new_meta["carried"] = _carried_summary(data, staging, new_meta)
+        artifacts.write_model_json(staging, new_meta)
+        _plots(staging, history, outputs["test"], classes, data, frame)
+        _readme(staging, new_meta, [c for c in classes if c not in {x["label"] for x in meta["classes"]}])
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): the rename takes its place
+        staging.rename(out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _disk_full(exc):
+            raise RetrainError(f"the disk is full: no room in {out.parent} to write the candidate model "
+                               f"({exc}); its partial files were removed") from exc
+        raise
     log.info("retrained head written to %s (test top-1 %.3f)", out, metrics["test"].get("top1", float("nan")))
     return out
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an error it came from says the disk (or a quota) is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def class_centroids(train: Carried, classes: list[str], base_dir: Path, meta: dict) -> np.ndarray:
@@ -318,7 +354,9 @@ def _write_files(base_dir: Path, meta: dict, out: Path, head: Classifier, centro
     state.update(head=head.state_dict(), n_classes=head.fc.out_features, feature_dim=head.fc.in_features)
     if state.get("footwear_method") == "centroid":
         state["footwear"] = {"centroids": torch.from_numpy(centroids)}
-    torch.save(state, out / artifacts.HEAD_FILE)
+    buffer = io.BytesIO()  # torch's own file writer reports a full disk without its errno
+    torch.save(state, buffer)
+    (out / artifacts.HEAD_FILE).write_bytes(buffer.getvalue())
     for name in (files.get("backbone"), artifacts.AUDIT_FILE):
         if name and (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out / name)

@@ -307,3 +307,17 @@ class ColourIdentifier:
 
 
 RED, BLUE, GREY = (200, 30, 30), (30, 40, 210), (128, 128, 128)
+
+
+async def wait_until(check: Any, *, timeout: float = WAIT, what: str = "the condition") -> None:
+    """Poll ``check()`` (a cheap state check: rows, counters) until it is true, failing after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"{what} not reached within {timeout}s"
+        await asyncio.sleep(0.05)
+
+
+async def updates_taken(server: PlaygroundServer, *, timeout: float = WAIT) -> None:
+    """Wait until the bot has fetched and confirmed every update the playground queued for it."""
+    await wait_until(lambda: not server.state.updates, timeout=timeout, what="the bot taking every update")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from telegram import InlineKeyboardMarkup, Message, PhotoSize, Update
@@ -21,6 +22,7 @@ from telegram.error import BadRequest, TelegramError
 
 from bot import render
 from bot.handlers.context import BotContext
+from bot.metrics import metrics_of
 from bot.services.errors import PhotoRejected
 from bot.services.identify import PhotoRequest
 from bot.telegram_retry import DeliveryUncertain
@@ -57,6 +59,7 @@ async def on_image_file(update: Update, context: BotContext) -> None:
 async def identify_and_reply(message: Message, file_id: str, context: BotContext) -> None:
     """The shared path: limit, typing, download, identify, reply, remember the reply."""
     services = context.services
+    started = time.perf_counter()
     user = message.from_user
     if not await asyncio.to_thread(services.rate_limit.allow, user.id):
         await reply(message, render.rate_limited_text(services.limits.rate_limit_per_minute))
@@ -77,12 +80,14 @@ async def identify_and_reply(message: Message, file_id: str, context: BotContext
     if result.reply_message_id is not None:  # the same update again (the bot stopped before confirming it)
         log.info("message %s in chat %s was answered before: not answering twice", message.message_id, message.chat_id)
         return
+    metrics_of(context).prediction(result.verdict)
     keyboard = render.answer_keyboard(result, services.limits.search_url_template)
     answer = await reply(message, render.answer_text(result), keyboard)
     if answer is None:
         log.warning("prediction %s: its answer to message %s in chat %s may not have arrived; not sent again",
                     result.prediction_id, message.message_id, message.chat_id)
         return
+    metrics_of(context).photo_answered(time.perf_counter() - started)
     await asyncio.to_thread(services.identify.attach_reply, result.prediction_id, answer.message_id)
 
 

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.registry import ModelRegistry
+from bot.registry import ModelRegistry, is_disk_full
 from bot.settings import Settings, get_settings
 from bot.store.db import make_engine, session_factory
 from bot.store.models import JobRun, Notification, utcnow
@@ -72,6 +73,35 @@ class JobContext:
         with self.sessions.begin() as session:
             session.add(Notification(chat_id=chat_id, text=text))
 
+    def last_run(self) -> tuple[str, datetime] | None:
+        """(outcome, finished at, UTC) of this job's last finished run before this one, or None."""
+        with self.sessions() as session:
+            query = select(JobRun.outcome, JobRun.finished_at).where(
+                JobRun.job_id == self.job_id, JobRun.finished_at.is_not(None))
+            if self.run_id is not None:
+                query = query.where(JobRun.id != self.run_id)
+            row = session.execute(query.order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=timezone.utc)
+        return row.outcome or "", finished
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed run's reason, one line; a full disk is named as such (the admin's first question)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if is_disk_full(exc) and not text.startswith("the disk is full"):
+        return f"the disk is full: {text}"
+    return text
+
+
+def notify_admins(sessions: sessionmaker[Session], admin_ids: frozenset[int] | set[int], text: str) -> None:
+    """Leave ``text`` for every admin (their private chats) in the outbox."""
+    if not admin_ids:
+        return
+    with sessions.begin() as session:
+        session.add_all(Notification(chat_id=admin, text=text) for admin in sorted(admin_ids))
+
 
 def registry_for(settings: Settings, sessions: sessionmaker[Session]) -> ModelRegistry:
     """The model registry as the settings configure it (the one way to build it)."""
@@ -84,7 +114,8 @@ def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None
     """Run ``body`` in a fresh context and log it in ``job_runs``.
 
     ``body`` returns a one-line outcome, or None for "nothing to do, not worth a row"
-    (the frequent check job); an exception is logged with its message and re-raised.
+    (the frequent check job); an exception is logged with its reason (``describe_failure``:
+    "failed: the disk is full: ...") and re-raised.
     """
     with JobContext.open() as ctx:
         ctx.job_id = job_id
@@ -93,7 +124,10 @@ def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None
             outcome = body(ctx)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            _log_run(ctx, started, f"failed: {exc}")
+            try:
+                _log_run(ctx, started, f"failed: {describe_failure(exc)}")
+            except Exception:  # e.g. a database on the same full disk: the log above still says it
+                log.exception("job %s: could not record the failure", job_id)
             raise
         if outcome is not None:
             log.info("job %s: %s", job_id, outcome)

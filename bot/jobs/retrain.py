@@ -2,28 +2,42 @@
 
 All three run on the worker's one-thread training executor, so they never overlap;
 each returns early when there is nothing to do (idempotent).
+
+A failed run (a full disk, say) changes nothing that is served and leaves no half-made
+files (``bot.services.retraining``); its ``job_runs`` row says why ("failed: the disk is
+full: ..."). The admins who asked for it (``/retrain``) are told at once; a failure of an
+automatic run is told to every admin, once until a run of that job succeeds again, and
+``retrain_check`` waits ``RETRY_AFTER_FAILURE_CHECKS`` check intervals before it tries again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from datetime import timedelta
 
-from bot.jobs.context import JobContext, run_job
+from bot.jobs.context import JobContext, describe_failure, notify_admins, run_job
 from bot.services.retraining import Retrainer, RetrainOutcome, count_new_corrections
+from bot.store.models import utcnow
+
+log = logging.getLogger(__name__)
 
 RETRAIN_NOW_FUNC = "bot.jobs.retrain:retrain_now"
+RETRY_AFTER_FAILURE_CHECKS = 20  # retrain_check after a failed run: 20 intervals (10 min by default)
+FAILED = "failed: "
 
 
 def retrain_if_due() -> str | None:
     """Retrain when at least ``retrain_min_corrections`` corrections are unused."""
-    return run_job("retrain_check", _retrain_if_due)
+    return run_job("retrain_check", _told_on_failure(_retrain_if_due))
 
 
 def retrain_nightly() -> str | None:
     """The scheduled retrain: only when there are training images no model has seen."""
     return run_job(
         "retrain_nightly",
-        lambda ctx: retrainer(ctx).retrain(only_if_new_data=True, reason="nightly").summary(),
+        _told_on_failure(lambda ctx: retrainer(ctx).retrain(only_if_new_data=True, reason="nightly").summary()),
     )
 
 
@@ -36,7 +50,7 @@ def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
             outcome = retrainer(ctx, progress).retrain(only_if_new_data=False, reason="requested by an admin")
         except Exception as exc:
             for chat_id in notify_chat_ids or []:
-                ctx.notify(chat_id, f"Retrain failed: {exc}")
+                ctx.notify(chat_id, failure_report(ctx, exc))
             raise
         for chat_id in notify_chat_ids or []:
             ctx.notify(chat_id, retrain_report(outcome))
@@ -49,10 +63,42 @@ def _retrain_if_due(ctx: JobContext) -> str | None:
     pending = count_new_corrections(ctx.sessions)
     if pending < ctx.settings.retrain_min_corrections:
         return None
+    last = ctx.last_run()
+    wait = timedelta(seconds=RETRY_AFTER_FAILURE_CHECKS * ctx.settings.retrain_check_seconds)
+    if last is not None and last[0].startswith(FAILED) and utcnow() - last[1] < wait:
+        return None  # the last try failed a moment ago (a full disk?): do not train every 30 s in vain
     outcome = retrainer(ctx).retrain(
         only_if_new_data=False, reason=f"{pending} new corrections"
     )
     return outcome.summary()
+
+
+def _told_on_failure(body: Callable[[JobContext], str | None]) -> Callable[[JobContext], str | None]:
+    """An automatic run's failure goes to every admin, once: not again while the job keeps failing."""
+
+    def run(ctx: JobContext) -> str | None:
+        try:
+            return body(ctx)
+        except Exception as exc:
+            try:
+                last = ctx.last_run()
+                if last is None or not last[0].startswith(FAILED):
+                    notify_admins(ctx.sessions, ctx.settings.admin_ids, f"{ctx.job_id}: {failure_report(ctx, exc)}")
+            except Exception:  # the job's own failure is what run_job records
+                log.exception("%s: could not tell the admins", ctx.job_id)
+            raise
+
+    return run
+
+
+def failure_report(ctx: JobContext, exc: BaseException) -> str:
+    """The admins' message for a failed retrain: why, and that the served model did not change."""
+    try:
+        current = ctx.registry.current_version()
+    except Exception:  # the reason matters more than this detail
+        current = None
+    serving = f" Version {current} still answers." if current is not None else ""
+    return f"Retrain failed: {describe_failure(exc)}.{serving}"
 
 
 def retrainer(ctx: JobContext, progress: RetrainProgress | None = None) -> Retrainer:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot.playground.state import JSON, BotApiError, PlaygroundState, bad_request
+from bot.playground.state import JSON, BotApiError, PlaygroundState, Webhook, bad_request
 
 Method = Callable[[PlaygroundState, JSON], Awaitable[Any]]
 METHODS: dict[str, Method] = {}
@@ -25,6 +26,9 @@ JSON_PARAMS = frozenset(
 MAX_TEXT = 4096
 MAX_CALLBACK_DATA = 64
 MAX_POLL_TIMEOUT = 50
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+WEBHOOK_CONFLICT = ("Conflict: can't use getUpdates method while webhook is active; "
+                    "use deleteWebhook to delete the webhook first")
 
 
 def bot_method(name: str) -> Callable[[Method], Method]:
@@ -130,16 +134,61 @@ async def get_me(state: PlaygroundState, params: JSON) -> JSON:
 
 @bot_method("logOut")
 @bot_method("close")
-@bot_method("deleteWebhook")
 async def accept(state: PlaygroundState, params: JSON) -> bool:
-    """Methods that only need to succeed here (there are no webhooks in the playground)."""
+    """Methods that only need to succeed here."""
+    return True
+
+
+def bool_param(params: JSON, name: str) -> bool:
+    """A boolean parameter (form posts send "true"/"false")."""
+    value = params.get(name, False)
+    return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+
+
+@bot_method("setWebhook")
+async def set_webhook(state: PlaygroundState, params: JSON) -> bool:
+    """POST new updates to ``url`` from now on (an empty url removes the webhook, as on Telegram).
+
+    Unlike Telegram, plain http and any port are accepted: the bot under test listens on loopback.
+    """
+    url = str(params.get("url") or "")
+    if not url:
+        return await delete_webhook(state, params)
+    if not url.startswith(("http://", "https://")):
+        raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+    secret = params.get("secret_token")
+    if secret is not None and not SECRET_TOKEN.fullmatch(str(secret)):
+        raise bad_request("secret token contains unallowed characters")
+    allowed = params.get("allowed_updates")
+    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(a, str) for a in allowed)):
+        raise bad_request("can't parse allowed updates JSON object")
+    max_connections = int_param(params, "max_connections", 40)
+    if not 1 <= max_connections <= 100:
+        raise bad_request("invalid max_connections specified")
+    async with state.changed:
+        if bool_param(params, "drop_pending_updates"):
+            state.updates = [u for u in state.updates if u["update_id"] in state.delivering]
+        state.webhook = Webhook(url, str(secret) if secret is not None else None, allowed or None, max_connections)
+        state.changed.notify_all()  # wakes a waiting getUpdates (409) and the delivery loop
+    return True
+
+
+@bot_method("deleteWebhook")
+async def delete_webhook(state: PlaygroundState, params: JSON) -> bool:
+    """Stop POSTing updates; they wait for getUpdates again."""
+    async with state.changed:
+        if bool_param(params, "drop_pending_updates"):
+            state.updates = [u for u in state.updates if u["update_id"] in state.delivering]
+        state.webhook = None
+        state.changed.notify_all()
     return True
 
 
 @bot_method("getWebhookInfo")
 async def get_webhook_info(state: PlaygroundState, params: JSON) -> JSON:
-    """No webhook is ever set."""
-    return {"url": "", "has_custom_certificate": False, "pending_update_count": len(state.updates)}
+    """The webhook (url "" when none is set) and how many updates wait."""
+    info = state.webhook.info() if state.webhook is not None else {"url": "", "has_custom_certificate": False}
+    return {**info, "pending_update_count": len(state.updates)}
 
 
 @bot_method("setMyCommands")
@@ -162,8 +211,11 @@ async def get_my_commands(state: PlaygroundState, params: JSON) -> list[JSON]:
 async def get_updates(state: PlaygroundState, params: JSON) -> list[JSON]:
     """Long polling with offsets: confirm older updates, wait up to ``timeout`` for new ones.
 
-    A newer getUpdates call ends a waiting one with 409, as Telegram does.
+    A newer getUpdates call ends a waiting one with 409, as Telegram does; so does a webhook
+    (set before the call or while it waits).
     """
+    if state.webhook is not None:
+        raise BotApiError(409, WEBHOOK_CONFLICT)
     offset = int_param(params, "offset", 0)
     limit = max(1, min(100, int_param(params, "limit", 100)))
     timeout = max(0, min(MAX_POLL_TIMEOUT, int_param(params, "timeout", 0)))
@@ -177,12 +229,14 @@ async def get_updates(state: PlaygroundState, params: JSON) -> list[JSON]:
             state.updates = state.updates[offset:]
 
         def ready() -> bool:
-            return bool(state.updates) or state.poll_generation != mine
+            return bool(state.updates) or state.poll_generation != mine or state.webhook is not None
 
         try:
             await asyncio.wait_for(state.changed.wait_for(ready), timeout)
         except TimeoutError:
             pass
+        if state.webhook is not None:
+            raise BotApiError(409, WEBHOOK_CONFLICT)
         if state.poll_generation != mine:
             raise BotApiError(409, "Conflict: terminated by other getUpdates request; make sure that "
                               "only one bot instance is running")

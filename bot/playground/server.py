@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from pillow_heif import register_heif_opener
 
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BOT_ID = 7000000001
 HOLD_CHECK_S = 0.05  # how often a held request looks whether its client is still there
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
 
 
@@ -116,16 +119,83 @@ async def hold(request: web.Request, seconds: float) -> None:
         await asyncio.sleep(HOLD_CHECK_S)
 
 
+async def deliver_webhooks(state: PlaygroundState, session: aiohttp.ClientSession) -> None:
+    """While a webhook is set, POST queued updates to it as Telegram does: JSON with the secret header,
+    the oldest update of each chat at a time (a chat's order is kept, chats go in parallel), a failed
+    POST (refused or dropped connection, timeout, an answer that is not 2xx) tried again after a
+    pause that doubles up to ``webhook_max_backoff``. An update leaves the queue when a POST succeeds."""
+    loop = asyncio.get_running_loop()
+    posting: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            async with state.changed:
+                ready, next_retry = state.deliverable(loop.time())
+                if not ready:
+                    wait = None if next_retry is None else max(0.0, next_retry - loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(state.changed.wait(), wait)
+                    continue
+            for update in ready:
+                task = asyncio.create_task(_post_update(state, session, update))
+                posting.add(task)
+                task.add_done_callback(posting.discard)
+    finally:
+        for task in posting:
+            task.cancel()
+
+
+async def _post_update(state: PlaygroundState, session: aiohttp.ClientSession, update: dict[str, Any]) -> None:
+    """One delivery attempt; its outcome goes to ``state.delivered``."""
+    hook = state.webhook
+    error: str | None = "webhook was deleted"
+    if hook is not None:
+        headers = {SECRET_HEADER: hook.secret_token} if hook.secret_token else {}
+        try:
+            async with session.post(hook.url, json=update, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=state.webhook_timeout)) as response:
+                await response.read()
+                ok = 200 <= response.status < 300
+                error = None if ok else f"Wrong response from the webhook: {response.status} {response.reason}"
+        except TimeoutError:
+            error = "Read timeout expired"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            error = "Connection refused" if refused else f"Connection failed: {exc}"
+        except aiohttp.ClientError as exc:
+            error = f"Connection closed: {type(exc).__name__}"
+        except Exception as exc:  # noqa: BLE001 - a bad URL and the like: a failed delivery, never a stuck one
+            error = f"Delivery failed: {type(exc).__name__}"
+    async with state.changed:
+        state.delivered(update, error, asyncio.get_running_loop().time())
+        state.changed.notify_all()
+    if error is not None:
+        log.info("webhook delivery of update %s failed: %s", update["update_id"], error)
+
+
+async def _webhook_delivery(app: web.Application) -> AsyncIterator[None]:
+    """Run ``deliver_webhooks`` for as long as the server runs (``cleanup_ctx``)."""
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(deliver_webhooks(app[STATE], session))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def index(request: web.Request) -> web.FileResponse:
     """The web chat page."""
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-def build_app(token: str, *, max_download_bytes: int = 20 * 1024 * 1024) -> web.Application:
-    """The aiohttp application: Bot API, downloads, user API and the page."""
+def build_app(token: str, *, max_download_bytes: int = 20 * 1024 * 1024, webhook_backoff: float = 0.1,
+              webhook_max_backoff: float = 5.0, webhook_timeout: float = 10.0) -> web.Application:
+    """The aiohttp application: Bot API, downloads, user API, the page, and webhook delivery."""
     register_heif_opener()  # iPhone photos: Telegram's apps turn HEIC into JPEG, so does the playground
     app = web.Application(middlewares=[userapi.bot_api_errors], client_max_size=64 * 1024 * 1024)
-    app[STATE] = PlaygroundState(token=token, bot_user=bot_user(token), max_download_bytes=max_download_bytes)
+    app[STATE] = PlaygroundState(token=token, bot_user=bot_user(token), max_download_bytes=max_download_bytes,
+                                 webhook_backoff=webhook_backoff, webhook_max_backoff=webhook_max_backoff,
+                                 webhook_timeout=webhook_timeout)
+    app.cleanup_ctx.append(_webhook_delivery)
     app.router.add_route("*", "/bot{token}/{method}", bot_api)
     app.router.add_get("/file/bot{token}/{path:.+}", download)
     app.router.add_get("/", index)

@@ -74,6 +74,41 @@ class Fault:
 
 
 @dataclass
+class Webhook:
+    """The webhook ``setWebhook`` set: where new updates are POSTed, and how the last try went."""
+
+    url: str
+    secret_token: str | None = None
+    allowed_updates: list[str] | None = None  # None or empty: every kind
+    max_connections: int = 40  # updates POSTed at once (one per chat at a time)
+    last_error_date: int | None = None
+    last_error_message: str | None = None
+
+    def info(self) -> JSON:
+        """What getWebhookInfo tells about it (never the secret)."""
+        info: JSON = {"url": self.url, "has_custom_certificate": False, "max_connections": self.max_connections}
+        if self.allowed_updates:
+            info["allowed_updates"] = self.allowed_updates
+        if self.last_error_date is not None:
+            info.update(last_error_date=self.last_error_date, last_error_message=self.last_error_message)
+        return info
+
+
+def update_kind(update: JSON) -> str:
+    """The update's kind: its one key besides ``update_id`` ("message", "callback_query", ...)."""
+    return next((key for key in update if key != "update_id"), "")
+
+
+def update_chat(update: JSON) -> int | None:
+    """The chat an update belongs to (webhook deliveries keep each chat's order), if any."""
+    body = update.get(update_kind(update))
+    if not isinstance(body, dict):
+        return None
+    chat = body.get("chat") or (body.get("message") or {}).get("chat") or body.get("from") or {}
+    return chat.get("id")
+
+
+@dataclass
 class PlaygroundState:
     """All chats of one bot. Only ever touched from the server's event loop."""
 
@@ -94,6 +129,15 @@ class PlaygroundState:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     poll_generation: int = 0
     max_download_bytes: int = 20 * 1024 * 1024  # getFile's limit on Telegram's hosted Bot API
+    # Webhook delivery (``server.deliver_webhooks``): while ``webhook`` is set, ``updates`` are POSTed
+    # to it instead of waiting for getUpdates; a failed POST is tried again after a growing pause.
+    webhook: Webhook | None = None
+    webhook_backoff: float = 0.1  # seconds before the first retry of a failed delivery; doubles each time
+    webhook_max_backoff: float = 5.0
+    webhook_timeout: float = 10.0  # a POST not answered within this failed ("Read timeout expired")
+    deliveries: list[JSON] = field(default_factory=list)  # every delivery attempt, in order (tests, the page)
+    delivering: set[int] = field(default_factory=set)  # update ids being POSTed now
+    retry_at: dict[int, tuple[int, float]] = field(default_factory=dict)  # update id -> (failures, loop time)
     _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _message_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -153,6 +197,55 @@ class PlaygroundState:
             self.events.append(event)
             self.changed.notify_all()
         return event
+
+    # --- webhook delivery (the caller holds ``changed``) ----------------------
+    def deliverable(self, now: float) -> tuple[list[JSON], float | None]:
+        """Updates to POST now: the oldest of each chat that is neither being POSTed nor waiting for
+        its retry, as many as the webhook's ``max_connections`` allow; and the loop time of the next
+        retry, if one waits. Kinds outside ``allowed_updates`` are dropped, as Telegram does."""
+        hook = self.webhook
+        if hook is None:
+            return [], None
+        if hook.allowed_updates:
+            self.updates = [u for u in self.updates if update_kind(u) in hook.allowed_updates]
+        ready: list[JSON] = []
+        seen_chats: set[object] = set()
+        next_retry: float | None = None
+        room = hook.max_connections - len(self.delivering)
+        for update in self.updates:
+            chat = update_chat(update)
+            lane = chat if chat is not None else ("update", update["update_id"])
+            if lane in seen_chats:
+                continue  # a chat's later updates wait for its oldest
+            seen_chats.add(lane)
+            if update["update_id"] in self.delivering:
+                continue
+            due = self.retry_at.get(update["update_id"], (0, now))[1]
+            if due > now:
+                next_retry = due if next_retry is None else min(next_retry, due)
+                continue
+            if len(ready) < room:
+                ready.append(update)
+        for update in ready:
+            self.delivering.add(update["update_id"])
+        return ready, next_retry
+
+    def delivered(self, update: JSON, error: str | None, now: float) -> None:
+        """Record one delivery attempt: done (the update leaves the queue) or failed (retried later)."""
+        update_id = update["update_id"]
+        self.delivering.discard(update_id)
+        failures = self.retry_at.get(update_id, (0, now))[0] + (error is not None)
+        self.deliveries.append({"update_id": update_id, "ok": error is None, "error": error,
+                                "attempt": failures + (error is None), "time": time.time()})
+        if error is None:
+            self.retry_at.pop(update_id, None)
+            self.updates = [u for u in self.updates if u["update_id"] != update_id]
+            return
+        pause = min(self.webhook_max_backoff, self.webhook_backoff * 2 ** (failures - 1))
+        self.retry_at[update_id] = (failures, now + pause)
+        if self.webhook is not None:
+            self.webhook.last_error_date = int(time.time())
+            self.webhook.last_error_message = error
 
     def add_file(self, data: bytes, *, folder: str, suffix: str, mime_type: str) -> StoredFile:
         """Store bytes under a new file id and a Telegram-like ``file_path``."""

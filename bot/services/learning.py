@@ -18,6 +18,10 @@ embeddings at least ``memory_match_threshold``). The rule is documented in
 The service plugs into the bot as the identify service's ``Refiner`` and the feedback
 service's ``FeedbackListener``. Its in-process memory is rebuilt from the database when
 the table changed (one cheap query per answer), so several bot processes agree.
+
+Its reads and writes are units of work under the engine's retry policy (``bot.store.retry``):
+a remembered answer is a delete-then-insert keyed by photo and user, so a retried unit never
+stores it twice.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from bot.services.feedback import FeedbackEvent
 from bot.services.identify import Guess
 from bot.services.models import ModelHolder
 from bot.store.models import MemoryEntry
+from bot.store.retry import DatabaseUnavailable, retry_policy
 from ml.memory import EmbeddingMemory, MemoryItem, l2_normalise
 
 log = logging.getLogger(__name__)
@@ -132,6 +137,7 @@ class LearningService:
         self._fingerprint: tuple | None = None
         self._memory: EmbeddingMemory | None = None
         self._trusted_until = float("-inf")  # no database check needed before this clock time
+        self.retry = retry_policy(sessions)
 
     # --- FeedbackListener -----------------------------------------------------
     def on_feedback(self, event: FeedbackEvent) -> None:
@@ -150,11 +156,22 @@ class LearningService:
             log.exception("memory: could not remember %s for user %s", event.image_sha1[:10], event.user_id)
 
     def on_withdrawn(self, user_id: int, image_sha1: str) -> None:
-        """Forget this user's label for the photo: they now say its model is not listed."""
-        with self.sessions.begin() as session:
-            session.execute(
-                delete(MemoryEntry).where(MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)
-            )
+        """Forget this user's label for the photo: they now say its model is not listed.
+
+        The "not listed" is already stored when this runs: past the retry budget the failure is
+        logged, as in ``on_feedback``.
+        """
+        def forget(_attempt: int) -> None:
+            with self.sessions.begin() as session:
+                session.execute(
+                    delete(MemoryEntry).where(MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)
+                )
+
+        try:
+            self.retry.run("forget a memory entry", forget)
+        except DatabaseUnavailable:
+            log.exception("memory: could not forget %s for user %s", image_sha1[:10], user_id)
+            return
         self._changed()
         log.info("memory: user %s withdrew their label for %s", user_id, image_sha1[:10])
 
@@ -163,19 +180,26 @@ class LearningService:
     ) -> str:
         """Store one answer (the user's last answer for this photo counts); returns its scope."""
         vector = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
-        scope = GLOBAL if is_admin else PRIVATE
-        with self.sessions.begin() as session:
-            # A changed answer is a new row: readers notice the change by its newer time.
-            session.execute(delete(MemoryEntry).where(MemoryEntry.image_sha1 == sha1, MemoryEntry.user_id == user_id))
-            entry = MemoryEntry(image_sha1=sha1, user_id=user_id, label=label, backbone=backbone,
-                                embedding=[round(float(v), 6) for v in vector], scope=scope)
-            session.add(entry)
-            session.flush()
-            similar = self._near_identical(session, backbone, vector)
-            if is_admin:
-                self._admin_decides(session, similar, label)
-            else:
-                scope = self._maybe_agreed(session, similar, label) or scope
+        own_scope = GLOBAL if is_admin else PRIVATE
+
+        def store(_attempt: int) -> str:
+            scope = own_scope
+            with self.sessions.begin() as session:
+                # A changed answer is a new row: readers notice the change by its newer time.
+                session.execute(
+                    delete(MemoryEntry).where(MemoryEntry.image_sha1 == sha1, MemoryEntry.user_id == user_id))
+                entry = MemoryEntry(image_sha1=sha1, user_id=user_id, label=label, backbone=backbone,
+                                    embedding=[round(float(v), 6) for v in vector], scope=scope)
+                session.add(entry)
+                session.flush()
+                similar = self._near_identical(session, backbone, vector)
+                if is_admin:
+                    self._admin_decides(session, similar, label)
+                else:
+                    scope = self._maybe_agreed(session, similar, label) or scope
+            return scope
+
+        scope = self.retry.run("remember an answer", store)
         self._changed()
         log.info("memory: user %s labelled %s as %s (%s)", user_id, sha1[:10], label, scope)
         return scope
@@ -256,23 +280,28 @@ class LearningService:
             return self._memory if len(self._memory) else None
 
     def _read_fingerprint(self, backbone: str) -> tuple:
-        with self.sessions() as session:
-            row = session.execute(
-                select(
-                    func.count(MemoryEntry.id),
-                    func.max(MemoryEntry.id),
-                    func.max(MemoryEntry.created_at),  # ids of deleted rows may be reused
-                    func.count(MemoryEntry.id).filter(MemoryEntry.scope == GLOBAL),
-                ).where(MemoryEntry.backbone == backbone)
-            ).one()
-        return (backbone, *row)
+        def read(_attempt: int) -> tuple:
+            with self.sessions() as session:
+                return tuple(session.execute(
+                    select(
+                        func.count(MemoryEntry.id),
+                        func.max(MemoryEntry.id),
+                        func.max(MemoryEntry.created_at),  # ids of deleted rows may be reused
+                        func.count(MemoryEntry.id).filter(MemoryEntry.scope == GLOBAL),
+                    ).where(MemoryEntry.backbone == backbone)
+                ).one())
+
+        return (backbone, *self.retry.run("read the memory's fingerprint", read, read_only=True))
 
     def _load(self, backbone: str, dim: int) -> EmbeddingMemory:
-        with self.sessions() as session:
-            rows = session.execute(
-                select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.embedding,
-                       MemoryEntry.scope).where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id)
-            ).all()
+        def read(_attempt: int) -> list:
+            with self.sessions() as session:
+                return list(session.execute(
+                    select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.embedding,
+                           MemoryEntry.scope).where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id)
+                ).all())
+
+        rows = self.retry.run("load the memory", read, read_only=True)
         items = (
             MemoryItem(f"{sha1}:{user_id}", label, np.asarray(embedding, dtype=np.float32),
                        None if scope == GLOBAL else user_id)

@@ -2,6 +2,9 @@
 
 Filed photos (confirmed or corrected) live on under ``images/``; their pending copy goes
 too. A pending file shared by a newer prediction of the same photo is kept for it.
+
+One purge is one unit of work under the engine's retry policy (``bot.store.retry``); files
+are deleted only after the rows that pointed at them were committed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.store.models import Prediction
 from bot.store.repositories import PredictionRepository, RateEventRepository
+from bot.store.retry import retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +29,29 @@ class RetentionService:
     def __init__(self, sessions: sessionmaker[Session], retention_days: int) -> None:
         self.sessions = sessions
         self.retention = timedelta(days=retention_days)
+        self.retry = retry_policy(sessions)
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete what has expired by ``now``; returns how many photos went."""
         now = now or datetime.now(timezone.utc)
         cutoff = now - self.retention
+
+        def purge(_attempt: int) -> set[str]:
+            unneeded: set[str] = set()
+            with self.sessions.begin() as session:
+                for prediction in PredictionRepository(session).with_pending_photo_before(cutoff):
+                    path = prediction.pending_path or ""
+                    prediction.pending_path = None
+                    if not self._still_needed(session, path, cutoff):
+                        unneeded.add(path)
+                RateEventRepository(session).purge_before(now - timedelta(days=1))
+            return unneeded
+
         deleted = 0
-        with self.sessions.begin() as session:
-            for prediction in PredictionRepository(session).with_pending_photo_before(cutoff):
-                path = prediction.pending_path or ""
-                prediction.pending_path = None
-                if not self._still_needed(session, path, cutoff):
-                    Path(path).unlink(missing_ok=True)
-                    deleted += 1
-            RateEventRepository(session).purge_before(now - timedelta(days=1))
+        for path in self.retry.run("retention", purge):
+            if path and Path(path).exists():
+                Path(path).unlink(missing_ok=True)
+                deleted += 1
         if deleted:
             log.info("retention deleted %d pending photos", deleted)
         return deleted

@@ -9,6 +9,12 @@ set; scraped and dataset images may land in test (10%). Candidate and current mo
 compared on the same test photos: the ones the current model carries plus the database's.
 
 Runs in the worker (``bot.jobs.retrain``), never on the bot's event loop.
+
+A retrain that fails (an error, a full disk) leaves nothing behind: the candidate is built in
+``<models_path>/.work/`` and removed with it, a version registered but not yet decided is
+marked ``failed`` (files removed, never served) and the feedback it had consumed counts as new
+again. A worker killed mid-run leaves the same things; ``recover_interrupted_retrains`` clears
+them when the worker starts again, so the next run starts clean.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -122,9 +128,10 @@ def count_new_corrections(sessions: sessionmaker[Session]) -> int:
 
 
 def last_snapshot_sha1s(sessions: sessionmaker[Session]) -> set[str]:
-    """The sha1s of the newest version's data (promoted or not)."""
+    """The sha1s of the newest decided version's data (promoted or not; a ``failed`` run decided nothing)."""
     with sessions() as session:
-        row = session.scalar(select(ModelVersion).order_by(ModelVersion.version.desc()).limit(1))
+        row = session.scalar(select(ModelVersion).where(ModelVersion.status != "failed")
+                             .order_by(ModelVersion.version.desc()).limit(1))
         return set((row.data_snapshot or {}).get("sha1", [])) if row else set()
 
 
@@ -135,6 +142,57 @@ def consume_feedback(sessions: sessionmaker[Session], version: int) -> int:
             update(Feedback).where(Feedback.consumed_by_version.is_(None)).values(consumed_by_version=version)
         )
         return result.rowcount or 0
+
+
+def release_feedback(sessions: sessionmaker[Session], versions: list[int]) -> int:
+    """Feedback consumed by versions that were never decided counts as new again; returns how much."""
+    if not versions:
+        return 0
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Feedback).where(Feedback.consumed_by_version.in_(versions)).values(consumed_by_version=None)
+        )
+        return result.rowcount or 0
+
+
+INTERRUPTED = "interrupted: the worker stopped before the promotion gate decided; never served"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a worker found of a retrain that a stop interrupted, and cleared."""
+
+    failed_versions: list[int] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    released_feedback: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.failed_versions or self.removed)
+
+    def summary(self) -> str:
+        """One line for the log and the admins."""
+        parts = []
+        if self.failed_versions:
+            parts.append(f"version {', '.join(map(str, self.failed_versions))} marked failed (never served)")
+        if self.removed:
+            parts.append(f"{len(self.removed)} half-written model dir(s) removed")
+        if self.released_feedback:
+            parts.append(f"{self.released_feedback} corrections count as new again")
+        return "; ".join(parts) or "nothing to clear"
+
+
+def recover_interrupted_retrains(sessions: sessionmaker[Session], registry: ModelRegistry) -> Recovery:
+    """Clear what a stopped worker left of a retrain; call when the worker starts, before any job.
+
+    ``candidate`` rows become ``failed`` (their files removed, their feedback released), and the
+    hidden ``.work/`` and ``.incoming-*`` entries go. The served model is never touched.
+    """
+    failed = registry.fail_unfinished(INTERRUPTED)
+    released = release_feedback(sessions, failed)
+    recovery = Recovery(failed, registry.sweep_unfinished(), released)
+    if recovery:
+        log.warning("an interrupted retrain was cleared: %s", recovery.summary())
+    return recovery
 
 
 def display_names(sessions: sessionmaker[Session]) -> dict[str, str]:
@@ -195,6 +253,7 @@ class Retrainer:
         images = database_images(self.sessions, self.data_dir)
         if only_if_new_data and {i.sha1 for i in images} <= last_snapshot_sha1s(self.sessions):
             return RetrainOutcome(skipped="no new training data since the last model", previous=current)
+        # The candidate is built in a hidden work dir that goes with any failure (a full disk included).
         with tempfile.TemporaryDirectory(prefix="retrain-", dir=self._work_dir()) as work:
             out = self._train(current, images, Path(work) / "model")
             candidate = self.registry.register(
@@ -202,11 +261,23 @@ class Retrainer:
                 data_snapshot=snapshot(images),
                 config={"reason": reason, "parent_version": current.version, "steps": self.steps},
             )
-        consume_feedback(self.sessions, candidate.version)
-        if self.progress:
-            self.progress("comparing", 0, 1)
-        decision = self.registry.decide(candidate.version, held_out(current, images), self.evaluate)
+        try:
+            consume_feedback(self.sessions, candidate.version)
+            if self.progress:
+                self.progress("comparing", 0, 1)
+            decision = self.registry.decide(candidate.version, held_out(current, images), self.evaluate)
+        except BaseException as exc:
+            self._abandon(candidate.version, exc)
+            raise
         return RetrainOutcome(skipped=None, decision=decision, previous=current)
+
+    def _abandon(self, version: int, exc: BaseException) -> None:
+        """A registered candidate the gate could not decide: ``failed``, never served, its feedback new again."""
+        try:
+            self.registry.fail(version, f"failed before the promotion gate decided: {exc}")
+            release_feedback(self.sessions, [version])
+        except Exception:  # the original error is the one to report; the worker's restart retries this
+            log.exception("could not mark version %d failed", version)
 
     def _train(self, current: VersionInfo, images: list[TrainingImage], out: Path) -> Path:
         """A head retrain (``ml.retrain``) on the current model's carried features plus the database's photos."""

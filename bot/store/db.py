@@ -15,21 +15,44 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.store.retry import RetryPolicy, attach_policy
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 5.0  # how long one SQLite statement waits for another writer's lock
+PG_CONNECT_TIMEOUT_S = 10  # a server that does not answer at all counts as away, and is retried
 
 
-def make_engine(url: str) -> Engine:
-    """An engine tuned for the backend: SQLite gets WAL, foreign keys and a busy timeout."""
+def make_engine(url: str, *, retry_seconds: float | None = None) -> Engine:
+    """An engine tuned for the backend, with its retry policy (``bot.store.retry``) attached.
+
+    PostgreSQL: ``pool_pre_ping`` (a connection the server dropped, e.g. on a restart, is
+    replaced at checkout instead of failing the next statement) and a connect timeout.
+    SQLite: WAL, foreign keys and a busy timeout of ``SQLITE_BUSY_TIMEOUT_S`` per statement
+    (at most the retry budget): the retry policy, not SQLite, decides how long a locked
+    database is waited for in all. ``retry_seconds`` defaults to ``SNEAKERBOT_DB_RETRY_SECONDS``.
+    """
+    budget = configured_retry_seconds() if retry_seconds is None else max(0.0, float(retry_seconds))
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    event.listen(engine, "connect", _sqlite_pragmas)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
+    else:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        busy_timeout = max(1.0, min(SQLITE_BUSY_TIMEOUT_S, budget))
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    attach_policy(engine, RetryPolicy(budget_s=budget))
     return engine
+
+
+def configured_retry_seconds() -> float:
+    """``SNEAKERBOT_DB_RETRY_SECONDS`` (environment or ``.env``), for callers that pass no budget."""
+    from bot.settings import Settings
+
+    return max(0.0, float(Settings().db_retry_seconds))
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -55,9 +78,9 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def init_db(url: str) -> Engine:
+def init_db(url: str, *, retry_seconds: float | None = None) -> Engine:
     """Create or upgrade the database at ``url`` to the newest schema and return its engine."""
-    engine = make_engine(url)
+    engine = make_engine(url, retry_seconds=retry_seconds)
     command.upgrade(alembic_config(engine), "head")
     log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
     return engine

@@ -109,6 +109,18 @@ class FeedbackRepository:
         rows = self.for_prediction(prediction_id)
         return rows[-1] if rows else None
 
+    def stored_since(self, prediction_id: int, user_id: int, verdict: str, label: str | None,
+                     since: datetime) -> bool:
+        """Whether the newest feedback on the prediction, stored at or after ``since``, is exactly this one.
+
+        A retried unit of work asks this first: an attempt whose COMMIT went through but whose
+        answer was lost (the connection dropped) already stored it (``bot.store.retry``).
+        """
+        query = (select(Feedback).where(Feedback.prediction_id == prediction_id, Feedback.created_at >= since)
+                 .order_by(Feedback.id.desc()).limit(1))
+        row = self.session.scalars(query).first()
+        return row is not None and (row.user_id, row.verdict, row.label) == (user_id, verdict, label)
+
     def has_any(self, prediction_id: int) -> bool:
         """Whether anyone answered this prediction."""
         query = select(func.count()).select_from(Feedback).where(Feedback.prediction_id == prediction_id)
@@ -164,6 +176,13 @@ class SuggestionRepository:
         self.session.flush()
         return suggestion
 
+    def stored_since(self, user_id: int, text: str, since: datetime) -> Suggestion | None:
+        """The user's newest suggestion if it is ``text``, stored at or after ``since`` (a retry's look-up)."""
+        query = (select(Suggestion).where(Suggestion.user_id == user_id, Suggestion.created_at >= since)
+                 .order_by(Suggestion.id.desc()).limit(1))
+        row = self.session.scalars(query).first()
+        return row if row is not None and row.text == text else None
+
     def for_user(self, user_id: int) -> list[Suggestion]:
         """A user's suggestions, oldest first."""
         query = select(Suggestion).where(Suggestion.user_id == user_id).order_by(Suggestion.id)
@@ -188,6 +207,12 @@ class RateEventRepository:
     def add(self, user_id: int, at: datetime) -> None:
         """Record one photo."""
         self.session.add(RateEvent(user_id=user_id, created_at=at))
+
+    def recorded_at(self, user_id: int, at: datetime) -> bool:
+        """Whether this user's photo at exactly ``at`` is counted (a retry's look-up: the earlier
+        attempt's COMMIT may have gone through)."""
+        query = select(RateEvent.id).where(RateEvent.user_id == user_id, RateEvent.created_at == at).limit(1)
+        return self.session.scalar(query) is not None
 
     def add_if_fewer_than(self, limit: int, user_id: int, at: datetime, *, since: datetime) -> bool:
         """Record one photo unless the user already has ``limit`` since ``since``: one statement,
