@@ -93,7 +93,7 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
                         if imagenet_valid else {})},
         "thresholds": thresholds,
         "metrics": metrics,
-        "config": asdict(cfg),
+        "config": portable_config(asdict(cfg)),
         "data": {**snapshot, **({"audit_review": audit} if audit else {})},
         "history": history,
         "files": {**files, "onnx": None},
@@ -111,6 +111,24 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
     log.info("model written to %s (test top-1 %.3f, top-3 %.3f)", out, metrics["test"].get("top1", float("nan")),
              metrics["test"].get("top3", float("nan")))
     return out
+
+
+MACHINE_PATHS = ("data_dir", "init_from")
+
+
+def portable_config(cfg: dict) -> dict:
+    """The resolved config as model.json records it: no path that only resolves where the model was built.
+
+    The data folder and the model a run warm started from are recorded by their folder names (provenance:
+    nothing reads them back; a retrain uses what the directory carries), the output and cache folders
+    not at all, the label audit as the copy inside the model directory.
+    """
+    cfg = dict(cfg)
+    for key in MACHINE_PATHS:
+        if cfg.get(key):
+            cfg[key] = Path(cfg[key]).name
+    cfg["out_dir"], cfg["cache_dir"] = ".", None
+    return cfg
 
 
 def _carry(out: Path, frame: pd.DataFrame, cfg) -> None:

@@ -122,3 +122,12 @@ def test_a_retrain_of_the_starter_with_no_new_data_reproduces_it(tmp_path: Path)
     assert after["metrics"]["test"]["n"] == meta["metrics"]["test"]["n"] == 1313
     assert abs(after["metrics"]["test"]["top1"] - meta["metrics"]["test"]["top1"]) <= 0.01
     assert (out / "backbone.pt").read_bytes() == (STARTER_MODEL_DIR / "backbone.pt").read_bytes()
+
+
+def test_the_starter_records_no_path_outside_its_directory() -> None:
+    meta = json.loads((STARTER_MODEL_DIR / "model.json").read_text())
+    cfg = meta["config"]
+    for key in ("data_dir", "init_from", "teacher", "out_dir", "exclude_file"):
+        value = cfg.get(key)
+        assert value is None or ("/" not in value and ".." not in value), (key, value)
+    assert (STARTER_MODEL_DIR / cfg["exclude_file"]).is_file()
