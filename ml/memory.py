@@ -67,6 +67,9 @@ class EmbeddingMemory:
     cosine similarity ``sim`` reaches the threshold ``t``. A near-identical photo
     (``sim`` close to 1) is answered with the remembered label; a merely similar one
     is nudged a little; anything below ``t`` is left to the classifier alone.
+
+    Adding, replacing and removing an entry cost O(dim), not O(entries): the matrix grows by
+    doubling and a removed row is filled with the last one (the bot applies every press to it).
     """
 
     def __init__(
@@ -85,11 +88,17 @@ class EmbeddingMemory:
         self.max_weight = max_weight
         self._keys: list[str] = []
         self._labels: list[str] = []
-        self._owners: list[int | None] = []
-        self._matrix = np.zeros((0, dim), dtype=np.float32)
+        self._index: dict[str, int] = {}  # key -> row
+        self._rows = np.zeros((0, dim), dtype=np.float32)  # capacity >= len; rows past len are unused
+        self._owner_ids = np.zeros(0, dtype=np.int64)  # the owner, or 0 for a global entry
+        self._global = np.zeros(0, dtype=bool)
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def _matrix(self) -> np.ndarray:
+        return self._rows[: len(self._keys)]
 
     @classmethod
     def from_items(cls, dim: int, items: Iterable[MemoryItem], **options: float) -> EmbeddingMemory:
@@ -97,30 +106,81 @@ class EmbeddingMemory:
         memory = cls(dim, **options)
         latest = {item.key: item for item in items}  # dicts keep first-insertion order, values the last
         if latest:
+            values = list(latest.values())
             memory._keys = list(latest)
-            memory._labels = [item.label for item in latest.values()]
-            memory._owners = [item.owner for item in latest.values()]
-            memory._matrix = l2_normalise(np.stack([memory._check(item.embedding) for item in latest.values()]))
+            memory._labels = [item.label for item in values]
+            memory._index = {key: row for row, key in enumerate(memory._keys)}
+            memory._rows = l2_normalise(np.stack([memory._check(item.embedding) for item in values]))
+            memory._owner_ids = np.array([item.owner or 0 for item in values], dtype=np.int64)
+            memory._global = np.array([item.owner is None for item in values], dtype=bool)
         return memory
 
     def add(self, item: MemoryItem) -> None:
         """Remember one photo; an entry with the same key is replaced (the last answer counts)."""
-        vector = self._check(item.embedding)
-        self.remove(item.key)
-        self._keys.append(item.key)
-        self._labels.append(item.label)
-        self._owners.append(item.owner)
-        self._matrix = np.vstack([self._matrix, l2_normalise(vector)[None, :]])
+        vector = l2_normalise(self._check(item.embedding))
+        row = self._index.get(item.key)
+        if row is None:
+            row = len(self._keys)
+            self._grow(row + 1)
+            self._keys.append(item.key)
+            self._labels.append(item.label)
+            self._index[item.key] = row
+        self._labels[row] = item.label
+        self._rows[row] = vector
+        self._set_owner(row, item.owner)
 
     def remove(self, key: str) -> bool:
         """Forget the entry with ``key``; returns whether there was one."""
-        try:
-            index = self._keys.index(key)
-        except ValueError:
+        row = self._index.pop(key, None)
+        if row is None:
             return False
-        del self._keys[index], self._labels[index], self._owners[index]
-        self._matrix = np.delete(self._matrix, index, axis=0)
+        last = len(self._keys) - 1
+        if row != last:  # the last entry takes the removed one's place
+            moved = self._keys[last]
+            self._keys[row], self._labels[row] = moved, self._labels[last]
+            self._rows[row], self._owner_ids[row], self._global[row] = (
+                self._rows[last], self._owner_ids[last], self._global[last])
+            self._index[moved] = row
+        self._keys.pop()
+        self._labels.pop()
         return True
+
+    def set_owner(self, key: str, owner: int | None) -> bool:
+        """Change who sees the entry with ``key`` (``None``: everyone); returns whether there was one."""
+        row = self._index.get(key)
+        if row is None:
+            return False
+        self._set_owner(row, owner)
+        return True
+
+    def near_keys(self, embedding: np.ndarray) -> list[str]:
+        """Keys of every entry, whoever sees it, near-identical to ``embedding`` (at the match threshold)."""
+        if not self._keys:
+            return []
+        sims = self._matrix @ l2_normalise(self._check(embedding))
+        return [self._keys[row] for row in np.flatnonzero(sims >= self.match_threshold)]
+
+    def _set_owner(self, row: int, owner: int | None) -> None:
+        self._owner_ids[row] = owner or 0
+        self._global[row] = owner is None
+
+    def _grow(self, size: int) -> None:
+        """Room for ``size`` entries, doubling the capacity when it runs out."""
+        capacity = self._rows.shape[0]
+        if size <= capacity:
+            return
+        capacity = max(size, 2 * capacity, 16)
+        for name in ("_rows", "_owner_ids", "_global"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def _visible(self, user_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Which entries ``user_id`` sees, and which of them are their own."""
+        n = len(self._keys)
+        own = (~self._global[:n]) & (self._owner_ids[:n] == user_id) if user_id is not None else np.zeros(n, bool)
+        return self._global[:n] | own, own
 
     def nearest(self, embedding: np.ndarray, *, user_id: int | None) -> MemoryMatch | None:
         """The most similar entry ``user_id`` may see, if it reaches the match threshold.
@@ -131,11 +191,10 @@ class EmbeddingMemory:
         query = l2_normalise(self._check(embedding))
         if not self._keys:
             return None
-        visible = np.array([owner is None or owner == user_id for owner in self._owners])
+        visible, own = self._visible(user_id)
         if not visible.any():
             return None
         sims = self._matrix @ query
-        own = np.array([owner is not None and owner == user_id for owner in self._owners])
         # Rank by similarity, own entries first on ties (a tiny bonus far below float noise of interest).
         ranked = np.where(visible, sims + own * 1e-6, -np.inf)
         index = int(np.argmax(ranked))
@@ -146,7 +205,7 @@ class EmbeddingMemory:
             key=self._keys[index],
             label=self._labels[index],
             similarity=similarity,
-            owner=self._owners[index],
+            owner=None if self._global[index] else int(self._owner_ids[index]),
             weight=self._weight(similarity),
         )
 
@@ -173,11 +232,13 @@ class EmbeddingMemory:
         Used to decide when enough distinct users agree on a photo's label to trust it
         for everyone.
         """
+        if not self._keys:
+            return set()
         sims = self._matrix @ l2_normalise(self._check(embedding))
         return {
-            owner
-            for owner, own_label, sim in zip(self._owners, self._labels, sims, strict=True)
-            if own_label == label and sim >= self.match_threshold
+            None if self._global[row] else int(self._owner_ids[row])
+            for row in np.flatnonzero(sims >= self.match_threshold)
+            if self._labels[row] == label
         }
 
     def _weight(self, similarity: float) -> float:

@@ -47,7 +47,20 @@ from bot.store.models import Feedback, Image, ModelVersion, Prediction, User
 from bot_harness import BLUE, GREY, RED, TestUser, bot_settings, colour_model, jpeg_bytes, running_bot
 from loop_support import shared_model
 
-HEAD = "0004"
+
+
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from bot.store.db import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+HEAD = _head_revision()  # the newest migration, which a restore upgrades to
 WAIT = 60.0  # seconds to wait for the other side of a hand-over before failing (a busy machine is slow)
 
 

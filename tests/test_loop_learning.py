@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.identify import Guess
@@ -164,3 +164,63 @@ def test_feedback_events_are_remembered_through_the_embedder(service: LearningSe
     service.on_feedback(FeedbackEvent(1, ADMIN, True, "2" * 40, "air_jordan_3", tmp_path / "photo.npy"))
 
     assert _answer(service, 55, photo) == "air_jordan_3"
+
+
+def test_a_press_reuses_the_embedding_made_when_the_photo_was_identified(
+    db_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from bot.services.feedback import FeedbackEvent
+
+    embedded: list[Path] = []
+    service = make_service(db_sessions)
+    service.embed = lambda path: embedded.append(path) or (BACKBONE, np.load(path))
+    photo, other = _photo(20), _photo(21)
+    np.save(tmp_path / "other.npy", other)
+    service.refine(7, "3" * 40, _model_answer(photo))  # identified here: its embedding is kept
+
+    service.on_feedback(FeedbackEvent(1, 7, False, "3" * 40, "air_jordan_4", tmp_path / "missing.npy"))
+    service.on_feedback(FeedbackEvent(2, 7, False, "4" * 40, "air_jordan_3", tmp_path / "other.npy"))
+
+    assert embedded == [tmp_path / "other.npy"]  # only the photo another process identified is embedded again
+    assert _answer(service, 7, photo) == "air_jordan_4"
+    assert _answer(service, 7, other) == "air_jordan_3"
+
+
+def test_own_presses_do_not_read_the_whole_memory_again(db_sessions: sessionmaker[Session]) -> None:
+    """What a press costs must not grow with the memory: the bot fell behind when every press and the
+    photo after it re-read every row (docs/bot.md, "Load and soak")."""
+    from sqlalchemy import event
+
+    service = make_service(db_sessions)
+    for seed in range(30):
+        service.remember(f"{seed:040d}", 7, "air_jordan_4", BACKBONE, _photo(100 + seed), is_admin=False)
+    statements: list[str] = []
+    engine = db_sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for seed in range(30, 40):
+            photo = _photo(100 + seed)
+            service.remember(f"{seed:040d}", 7, "air_jordan_3", BACKBONE, photo, is_admin=False)
+            assert _answer(service, 7, photo) == "air_jordan_3"
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    full_reads = [s for s in statements if "FROM memory_entries" in s and "ORDER BY" in s]
+    assert full_reads == []
+    with db_sessions() as session:
+        assert session.scalar(select(func.count(MemoryEntry.id))) == 40
+
+
+def test_two_processes_agree_on_the_scope_rules(db_sessions: sessionmaker[Session]) -> None:
+    """Users answering through different bot processes count together, and each process sees the result."""
+    first, second = make_service(db_sessions), make_service(db_sessions)
+    photo = _photo(30)
+    first.remember("7" * 40, 7, "air_jordan_4", BACKBONE, photo, is_admin=False)
+    second.remember("8" * 40, 8, "air_jordan_4", BACKBONE, photo * 1.001, is_admin=False)
+    assert first.remember("9" * 40, 9, "air_jordan_4", BACKBONE, photo, is_admin=False) == GLOBAL
+
+    assert _scopes(db_sessions) == {7: GLOBAL, 8: GLOBAL, 9: GLOBAL}
+    assert _answer(first, 100, photo) == "air_jordan_4"
+    second.on_withdrawn(9, "9" * 40)  # another process's write: the first one reads again after its recheck
+    fresh = make_service(db_sessions)
+    assert _answer(fresh, 100, photo) == "air_jordan_4"  # the two left are still global

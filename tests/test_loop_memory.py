@@ -128,3 +128,31 @@ def test_from_items_keeps_the_last_answer_per_key() -> None:
     assert len(memory) == 2
     assert memory.nearest(photo, user_id=7).label == "air_jordan_3"
     assert memory.nearest(photo, user_id=8) is None
+
+
+def test_entries_grow_past_the_capacity_and_removal_keeps_the_others() -> None:
+    photos = {f"k{i}": _vec(100 + i) for i in range(40)}
+    memory = EmbeddingMemory(DIM)
+    for key, photo in photos.items():
+        memory.add(MemoryItem(key, key, photo, owner=None))
+    for key in ("k0", "k17", "k39"):  # the first, one inside, the last
+        assert memory.remove(key)
+        del photos[key]
+    assert not memory.remove("k0")
+
+    assert len(memory) == len(photos)
+    for key, photo in photos.items():
+        assert memory.nearest(photo, user_id=None).label == key
+        assert memory.near_keys(photo) == [key]
+
+
+def test_set_owner_changes_who_sees_an_entry() -> None:
+    photo = _vec(12)
+    memory = EmbeddingMemory(DIM)
+    memory.add(MemoryItem("a:7", "air_jordan_4", photo, owner=7))
+    assert memory.nearest(photo, user_id=8) is None
+
+    assert memory.set_owner("a:7", None)
+    assert memory.nearest(photo, user_id=8).owner is None
+    assert memory.set_owner("a:7", 7) and memory.nearest(photo, user_id=8) is None
+    assert not memory.set_owner("missing", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import inspect, select
@@ -50,4 +51,32 @@ def test_repositories_round_trip(database_url: str) -> None:
         events = RateEventRepository(session)
         assert events.count_since(42, now - timedelta(minutes=1)) == 1
         assert events.purge_before(now - timedelta(minutes=1)) == 1
+    engine.dispose()
+
+
+def test_memory_embeddings_move_from_json_to_float32_bytes_and_back(database_url: str) -> None:
+    """Migration 0005 keeps every remembered answer: the JSON list becomes the same float32 vector."""
+    import numpy as np
+    from alembic import command
+    from sqlalchemy import text
+
+    from bot.store.db import alembic_config, make_engine
+
+    engine = make_engine(database_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0004")
+    values = [0.25, -0.5, 0.125, 1.0]
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO memory_entries (image_sha1, user_id, label, backbone, embedding, scope, created_at) "
+            "VALUES (:sha1, 7, 'air_jordan_4', 'efficientnet_lite0', :embedding, 'user', :now)"),
+            {"sha1": "a" * 40, "embedding": json.dumps(values), "now": datetime.now(timezone.utc)})
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT vector FROM memory_entries")).scalar_one()
+    assert np.frombuffer(stored, dtype="<f4").tolist() == values
+    command.downgrade(config, "0004")
+    with engine.connect() as connection:
+        embedding = connection.execute(text("SELECT embedding FROM memory_entries")).scalar_one()
+    assert (json.loads(embedding) if isinstance(embedding, str) else embedding) == values
     engine.dispose()

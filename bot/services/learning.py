@@ -16,8 +16,16 @@ embeddings at least ``memory_match_threshold``). The rule is documented in
 ``docs/learning-loop.md``.
 
 The service plugs into the bot as the identify service's ``Refiner`` and the feedback
-service's ``FeedbackListener``. Its in-process memory is rebuilt from the database when
-the table changed (one cheap query per answer), so several bot processes agree.
+service's ``FeedbackListener``. What a press costs does not grow with the memory (it grew
+with every answer learnt, until the bot fell behind: docs/bot.md, "Load and soak"):
+
+- the embedding made when the photo was identified is kept (``RECENT_EMBEDDINGS`` of them), so
+  a press runs the model again only when another process identified the photo;
+- near-identical photos are found in the in-process matrix, and only their rows are read;
+- this process's own writes are applied to its in-process memory, together with the change
+  they make to the table's *fingerprint* (row count, sum of ids, sum of global ids). The
+  fingerprint is read at most every ``RECHECK_S``; when it is not the one expected, another
+  process (a second bot) wrote, and the memory is read again in full (float32 bytes, fast).
 
 Its reads and writes are units of work under the engine's retry policy (``bot.store.retry``):
 a remembered answer is a delete-then-insert keyed by photo and user, so a retried unit never
@@ -29,13 +37,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.feedback import FeedbackEvent
@@ -54,6 +63,8 @@ CONFIDENT_WEIGHT = 0.5
 # How long a process trusts its copy of the memory before asking the database whether another
 # process (a second bot) changed it. This process's own writes are seen at once.
 RECHECK_S = 2.0
+#: Embeddings of recently identified photos kept for their button press (5 KB each).
+RECENT_EMBEDDINGS = 2048
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,39 @@ class RefinedPrediction:
     footwear_score: float | None
     embedding: np.ndarray | None
     memory_label: str | None = None
+
+
+@dataclass
+class MemoryChange:
+    """What one write did to ``memory_entries``: applied to the in-process memory and its fingerprint."""
+
+    removed: list[tuple[int, str, str]] = field(default_factory=list)  # (id, key, scope) of deleted rows
+    added: list[tuple[int, str, int, str, np.ndarray, str]] = field(default_factory=list)  # id, key, user, label,
+    # vector, scope
+    rescoped: list[tuple[int, str, int, str, str]] = field(default_factory=list)  # id, key, user, old, new scope
+
+    def fingerprint_after(self, fingerprint: tuple) -> tuple:
+        """``(backbone, count, sum of ids, sum of global ids)`` once this change is made."""
+        backbone, count, id_sum, global_sum = fingerprint
+        for row_id, _key, scope in self.removed:
+            count, id_sum = count - 1, id_sum - row_id
+            global_sum -= row_id if scope == GLOBAL else 0
+        for row_id, _key, _user, _label, _vector, scope in self.added:
+            count, id_sum = count + 1, id_sum + row_id
+            global_sum += row_id if scope == GLOBAL else 0
+        for row_id, _key, _user, old, new in self.rescoped:
+            global_sum += row_id * ((new == GLOBAL) - (old == GLOBAL))
+        return backbone, count, id_sum, global_sum
+
+
+def memory_key(sha1: str, user_id: int) -> str:
+    """The in-process memory's key of one user's answer for one photo."""
+    return f"{sha1}:{user_id}"
+
+
+def vector_of(row_vector: bytes) -> np.ndarray:
+    """A stored embedding (little-endian float32 bytes) as an array."""
+    return np.frombuffer(row_vector, dtype="<f4").astype(np.float32)
 
 
 # image path -> (backbone, embedding), or None when the served model gives no embeddings
@@ -133,10 +177,11 @@ class LearningService:
         self.current_backbone = current_backbone
         self.display_name = display_name
         self.recheck_s, self._clock = recheck_s, clock
-        self._lock = threading.Lock()
-        self._fingerprint: tuple | None = None
+        self._lock = threading.RLock()  # guards the in-process memory, changed in place
+        self._fingerprint: tuple | None = None  # the table as the in-process memory knows it
         self._memory: EmbeddingMemory | None = None
         self._trusted_until = float("-inf")  # no database check needed before this clock time
+        self._recent: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()  # sha1 -> (backbone, embedding)
         self.retry = retry_policy(sessions)
 
     # --- FeedbackListener -----------------------------------------------------
@@ -147,7 +192,7 @@ class LearningService:
         only the instant effect (the photo still reaches the next retrain).
         """
         try:
-            embedded = self.embed(event.image_path)
+            embedded = self._recent_embedding(event.image_sha1) or self.embed(event.image_path)
             if embedded is None:
                 return
             backbone, vector = embedded
@@ -161,18 +206,23 @@ class LearningService:
         The "not listed" is already stored when this runs: past the retry budget the failure is
         logged, as in ``on_feedback``.
         """
-        def forget(_attempt: int) -> None:
+        def forget(_attempt: int) -> tuple[str, MemoryChange]:
+            change = MemoryChange()
             with self.sessions.begin() as session:
-                session.execute(
-                    delete(MemoryEntry).where(MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)
-                )
+                row = session.scalars(select(MemoryEntry).where(
+                    MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)).one_or_none()
+                if row is None:
+                    return "", change
+                change.removed.append((row.id, memory_key(image_sha1, user_id), row.scope))
+                session.delete(row)
+                return row.backbone, change
 
         try:
-            self.retry.run("forget a memory entry", forget)
+            backbone, change = self.retry.run("forget a memory entry", forget)
         except DatabaseUnavailable:
             log.exception("memory: could not forget %s for user %s", image_sha1[:10], user_id)
             return
-        self._changed()
+        self._apply(backbone, change)
         log.info("memory: user %s withdrew their label for %s", user_id, image_sha1[:10])
 
     def remember(
@@ -180,27 +230,39 @@ class LearningService:
     ) -> str:
         """Store one answer (the user's last answer for this photo counts); returns its scope."""
         vector = l2_normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
-        own_scope = GLOBAL if is_admin else PRIVATE
+        with self._lock:  # the memory changes in place: read it under the lock
+            memory = self._current_memory(backbone, len(vector), force_check=True)
+            near = {sha1} | {key.rsplit(":", 1)[0] for key in (memory.near_keys(vector) if memory else [])}
 
-        def store(_attempt: int) -> str:
-            scope = own_scope
+        def store(_attempt: int) -> tuple[str, MemoryChange]:
+            change = MemoryChange()
             with self.sessions.begin() as session:
-                # A changed answer is a new row: readers notice the change by its newer time.
-                session.execute(
-                    delete(MemoryEntry).where(MemoryEntry.image_sha1 == sha1, MemoryEntry.user_id == user_id))
+                rows = list(session.scalars(select(MemoryEntry).where(
+                    MemoryEntry.backbone == backbone, MemoryEntry.image_sha1.in_(sorted(near)))))
+                for row in [row for row in rows if row.image_sha1 == sha1 and row.user_id == user_id]:
+                    # A changed answer is a new row (a new id): other processes see the change.
+                    change.removed.append((row.id, memory_key(sha1, user_id), row.scope))
+                    session.delete(row)
+                    rows.remove(row)
+                session.flush()
                 entry = MemoryEntry(image_sha1=sha1, user_id=user_id, label=label, backbone=backbone,
-                                    embedding=[round(float(v), 6) for v in vector], scope=scope)
+                                    vector=vector.astype("<f4").tobytes(), scope=GLOBAL if is_admin else PRIVATE)
                 session.add(entry)
                 session.flush()
-                similar = self._near_identical(session, backbone, vector)
+                similar = [entry, *self._near_identical(rows, vector)]
+                before = {row.id: row.scope for row in similar}
                 if is_admin:
-                    self._admin_decides(session, similar, label)
+                    self._admin_decides(similar, label)
                 else:
-                    scope = self._maybe_agreed(session, similar, label) or scope
-            return scope
+                    self._maybe_agreed(similar, label)
+                change.added.append((entry.id, memory_key(sha1, user_id), user_id, label, vector, entry.scope))
+                change.rescoped.extend((row.id, memory_key(row.image_sha1, row.user_id), row.user_id,
+                                        before[row.id], row.scope)
+                                       for row in similar[1:] if row.scope != before[row.id])
+                return entry.scope, change
 
-        scope = self.retry.run("remember an answer", store)
-        self._changed()
+        scope, change = self.retry.run("remember an answer", store)
+        self._apply(backbone, change)
         log.info("memory: user %s labelled %s as %s (%s)", user_id, sha1[:10], label, scope)
         return scope
 
@@ -210,11 +272,14 @@ class LearningService:
         embedding = getattr(prediction, "embedding", None)
         if embedding is None:
             return prediction
-        memory = self._current_memory(self.current_backbone(), len(np.asarray(embedding).reshape(-1)))
-        if memory is None:
-            return prediction
+        backbone = self.current_backbone()
+        self._keep_recent(image_sha1, backbone, embedding)
         scores = {guess.label: float(guess.score) for guess in prediction.top}
-        blended, match = memory.combine(scores, embedding, user_id=user_id)
+        with self._lock:  # the memory changes in place: read it under the lock
+            memory = self._current_memory(backbone, len(np.asarray(embedding).reshape(-1)))
+            if memory is None:
+                return prediction
+            blended, match = memory.combine(scores, embedding, user_id=user_id)
         if match is None:
             return prediction
         k = max(1, len(prediction.top))
@@ -226,15 +291,14 @@ class LearningService:
         return RefinedPrediction(top, verdict, prediction.footwear_score, embedding, match.label)
 
     # --- scope rules ------------------------------------------------------------
-    def _near_identical(self, session: Session, backbone: str, vector: np.ndarray) -> list[MemoryEntry]:
-        rows = list(session.scalars(select(MemoryEntry).where(MemoryEntry.backbone == backbone)))
+    def _near_identical(self, rows: Sequence[MemoryEntry], vector: np.ndarray) -> list[MemoryEntry]:
+        """The rows (read for the candidate photos) whose embedding is near-identical to ``vector``."""
         if not rows:
             return []
-        matrix = l2_normalise(np.asarray([row.embedding for row in rows], dtype=np.float32))
-        sims = matrix @ vector
+        sims = l2_normalise(np.stack([vector_of(row.vector) for row in rows])) @ vector
         return [row for row, sim in zip(rows, sims, strict=True) if sim >= self.rules.match_threshold]
 
-    def _admin_decides(self, session: Session, similar: Sequence[MemoryEntry], label: str) -> None:
+    def _admin_decides(self, similar: Sequence[MemoryEntry], label: str) -> None:
         """An admin's label is the one everybody sees for this photo."""
         for row in similar:
             if row.label == label:
@@ -242,35 +306,59 @@ class LearningService:
             elif row.scope == GLOBAL and row.user_id not in self.rules.admin_ids:
                 row.scope = PRIVATE
 
-    def _maybe_agreed(self, session: Session, similar: Sequence[MemoryEntry], label: str) -> str | None:
+    def _maybe_agreed(self, similar: Sequence[MemoryEntry], label: str) -> None:
         """Enough distinct users agree (or an admin already said so): make it global."""
         agreeing = [row for row in similar if row.label == label]
         users = {row.user_id for row in agreeing}
         admin_said_so = any(row.user_id in self.rules.admin_ids for row in agreeing)
         admin_said_other = any(row.user_id in self.rules.admin_ids and row.label != label for row in similar)
         if admin_said_other or not (admin_said_so or len(users) >= self.rules.agree_users):
-            return None
-        session.execute(
-            update(MemoryEntry).where(MemoryEntry.id.in_([row.id for row in agreeing])).values(scope=GLOBAL)
-        )
-        return GLOBAL
+            return
+        for row in agreeing:
+            row.scope = GLOBAL
 
     # --- the in-process memory ---------------------------------------------------
-    def _changed(self) -> None:
-        """This process wrote the memory: the next answer reads it again."""
+    def _keep_recent(self, sha1: str, backbone: str, embedding: Any) -> None:
+        """Keep a served photo's embedding for its button press (the oldest go first)."""
         with self._lock:
-            self._trusted_until = float("-inf")
+            self._recent[sha1] = (backbone, np.asarray(embedding, dtype=np.float32).reshape(-1))
+            self._recent.move_to_end(sha1)
+            while len(self._recent) > RECENT_EMBEDDINGS:
+                self._recent.popitem(last=False)
 
-    def _current_memory(self, backbone: str, dim: int) -> EmbeddingMemory | None:
+    def _recent_embedding(self, sha1: str) -> tuple[str, np.ndarray] | None:
+        """The embedding this process made when it identified the photo, if still kept and of the served backbone."""
+        with self._lock:
+            kept = self._recent.get(sha1)
+        return kept if kept is not None and kept[0] == self.current_backbone() else None
+
+    def _apply(self, backbone: str, change: MemoryChange) -> None:
+        """This process wrote ``change``: make it in the in-process memory and in its expected fingerprint."""
+        with self._lock:
+            memory, fingerprint = self._memory, self._fingerprint
+            if memory is None or fingerprint is None or fingerprint[0] != backbone:
+                self._trusted_until = float("-inf")  # not the memory in use: the next answer checks
+                return
+            for _row_id, key, _scope in change.removed:
+                memory.remove(key)
+            for _row_id, key, user_id, label, vector, scope in change.added:
+                if len(vector) == memory.dim:
+                    memory.add(MemoryItem(key, label, vector, None if scope == GLOBAL else user_id))
+            for _row_id, key, user_id, _old, new in change.rescoped:
+                memory.set_owner(key, None if new == GLOBAL else user_id)
+            self._fingerprint = change.fingerprint_after(fingerprint)
+
+    def _current_memory(self, backbone: str, dim: int, *, force_check: bool = False) -> EmbeddingMemory | None:
         """The memory for ``backbone``, checked against the database at most every ``recheck_s``.
 
         Why: the check is an aggregate query, and it ran for every photo (over a quarter of the
-        bot's database time per photo under load).
+        bot's database time per photo under load). A write checks first (``force_check``): the
+        scope rules look at near-identical photos another process may have added.
         """
         with self._lock:
             now = self._clock()
             fresh = (self._memory is not None and self._memory.dim == dim and now < self._trusted_until
-                     and self._fingerprint is not None and self._fingerprint[0] == backbone)
+                     and not force_check and self._fingerprint is not None and self._fingerprint[0] == backbone)
             if not fresh:
                 fingerprint = self._read_fingerprint(backbone)
                 if fingerprint != self._fingerprint or self._memory is None or self._memory.dim != dim:
@@ -282,14 +370,14 @@ class LearningService:
     def _read_fingerprint(self, backbone: str) -> tuple:
         def read(_attempt: int) -> tuple:
             with self.sessions() as session:
-                return tuple(session.execute(
+                count, id_sum, global_sum = session.execute(
                     select(
                         func.count(MemoryEntry.id),
-                        func.max(MemoryEntry.id),
-                        func.max(MemoryEntry.created_at),  # ids of deleted rows may be reused
-                        func.count(MemoryEntry.id).filter(MemoryEntry.scope == GLOBAL),
+                        func.coalesce(func.sum(MemoryEntry.id), 0),
+                        func.coalesce(func.sum(MemoryEntry.id).filter(MemoryEntry.scope == GLOBAL), 0),
                     ).where(MemoryEntry.backbone == backbone)
-                ).one())
+                ).one()
+                return int(count), int(id_sum), int(global_sum)
 
         return (backbone, *self.retry.run("read the memory's fingerprint", read, read_only=True))
 
@@ -297,16 +385,15 @@ class LearningService:
         def read(_attempt: int) -> list:
             with self.sessions() as session:
                 return list(session.execute(
-                    select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.embedding,
+                    select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.vector,
                            MemoryEntry.scope).where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id)
                 ).all())
 
         rows = self.retry.run("load the memory", read, read_only=True)
         items = (
-            MemoryItem(f"{sha1}:{user_id}", label, np.asarray(embedding, dtype=np.float32),
-                       None if scope == GLOBAL else user_id)
-            for sha1, user_id, label, embedding, scope in rows
-            if len(embedding) == dim
+            MemoryItem(memory_key(sha1, user_id), label, vector_of(vector), None if scope == GLOBAL else user_id)
+            for sha1, user_id, label, vector, scope in rows
+            if len(vector) == 4 * dim
         )
         return EmbeddingMemory.from_items(
             dim, items, match_threshold=self.rules.match_threshold, max_weight=self.rules.max_weight

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -196,7 +197,7 @@ class MemoryEntry(Base):
     user_id: Mapped[int] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(String(64))
     backbone: Mapped[str] = mapped_column(String(64))
-    embedding: Mapped[list] = mapped_column(JSON)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # the L2-normalised embedding, little-endian float32
     scope: Mapped[str] = mapped_column(String(8), default="user")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
