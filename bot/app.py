@@ -41,6 +41,7 @@ from bot.services.identify import IdentifyService
 from bot.services.models import ModelHolder, ServedModel, load_served_model
 from bot.services.ratelimit import RateLimiter
 from bot.services.retention import RetentionService
+from bot.services.updates import UpdateClaims
 from bot.settings import Settings
 from bot.store.db import init_db, session_factory
 from bot.telegram_http import HttpOptions, make_request
@@ -71,6 +72,7 @@ class BotRuntime:
     application: Application
     metrics: BotMetrics = field(default_factory=BotMetrics)  # its own registry: several runtimes may share a process
     web: BotWebServer | None = None  # health, metrics and the webhook, when served
+    claims: UpdateClaims | None = None  # webhook mode: each update handled by one replica
 
 
 def build_services(settings: Settings, sessions: sessionmaker[Session], served: ServedModel) -> BotServices:
@@ -173,7 +175,7 @@ async def _on_started(application: Application) -> None:
 
 
 async def _retention_job(context: BotContext) -> None:
-    """Delete pending photos past their retention (off the loop)."""
+    """Delete pending photos past their retention, and old update claims (off the loop)."""
     await asyncio.to_thread(context.services.retention.purge)
 
 
@@ -199,6 +201,9 @@ async def start_bot(runtime: BotRuntime, *, poll_timeout: int = 10, webhook: Web
     long polling, or with ``webhook`` setWebhook to our own server (``bot.web``; one is made on the
     config's host and port unless ``web`` is given). ``web`` alone serves health and metrics."""
     application = runtime.application
+    if webhook is not None and runtime.claims is None:  # replicas may get the same update: claim each one
+        runtime.claims = UpdateClaims(runtime.sessions, lease_s=webhook.claim_lease_s)
+        runtime.claims.install(application)
     await application.initialize()
     await application.start()
     await _on_started(application)

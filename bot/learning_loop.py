@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -138,13 +139,17 @@ def _decoder(settings: Settings) -> Any:
     return functools.partial(open_image, max_pixels=settings.max_image_pixels)
 
 
-def start_worker_process() -> subprocess.Popen:
+def start_worker_process(health_port: int | None = None) -> subprocess.Popen:
     """For ``sneakerbot run`` on one machine: ``sneakerbot worker`` as a child process.
 
     A child, not threads of the bot: training is CPU-heavy Python that would compete with
-    the bot's event loop for the GIL. The child reads the same environment and ``.env``.
+    the bot's event loop for the GIL. The child reads the same environment and ``.env``; when
+    the bot serves health on ``health_port``, the worker serves its own on the next port.
     """
-    return subprocess.Popen([sys.executable, "-m", "bot", "worker"])
+    env = None
+    if health_port is not None:
+        env = {**os.environ, "SNEAKERBOT_HEALTH_PORT": str(health_port + 1)}
+    return subprocess.Popen([sys.executable, "-m", "bot", "worker"], env=env)
 
 
 def stop_worker_process(worker: subprocess.Popen, timeout_s: float = 30.0) -> None:

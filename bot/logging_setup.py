@@ -11,15 +11,23 @@ configuring logging, in every process: bot, worker, playground, CLI).
 What is redacted: the configured token itself wherever it appears, any ``bot<digits>:<secret>``
 URL part (another bot's token, or the token before it was configured) as ``bot<redacted>``,
 and a bare ``<digits>:<35-ish characters>`` token as ``<redacted>``.
+
+``configure_logging`` sets up the root handler on stderr in one of two formats: ``text``
+(one human-readable line) or ``json`` (one JSON object per line, for a log collector;
+``JsonFormatter``). Either way the redaction filter runs first, so both write the same
+redacted message, exception and stack.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 REDACTED = "<redacted>"
@@ -27,6 +35,13 @@ REDACTED = "<redacted>"
 BOT_URL_TOKEN = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
 # A token on its own: Telegram's are ``<8-10 digits>:<35 characters>``.
 BARE_TOKEN = re.compile(r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{30,}")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+# Libraries that log every request or every job run at INFO would drown the app's own log.
+NOISY_LOGGERS = ("httpx", "apscheduler.executors", "apscheduler.scheduler", "alembic.runtime.migration")
+# What every ``LogRecord`` has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime",
+                                                                                           "taskName"}
 
 
 class _Secret(Protocol):
@@ -50,7 +65,7 @@ class TokenRedactingFilter(logging.Filter):
         return BARE_TOKEN.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Redact ``record`` in place (message, exception text, stack); always keep it."""
+        """Redact ``record`` in place (message, exception text, stack, ``extra=`` fields); always keep it."""
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format string: keep what there is, redacted
@@ -65,7 +80,60 @@ class TokenRedactingFilter(logging.Filter):
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
+        for key, value in record.__dict__.items():  # ``extra=`` fields: the JSON format writes them
+            if key not in _RECORD_ATTRIBUTES:
+                record.__dict__[key] = self._redact_value(value)
         return True
+
+    def _redact_value(self, value: object) -> object:
+        """``value`` with tokens replaced in its strings, also inside lists, tuples and dicts (copied, not changed)."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if type(value) in (list, tuple):  # exactly: a named tuple is not built from one iterable
+            return type(value)(self._redact_value(item) for item in value)
+        if type(value) is dict:
+            return {key: self._redact_value(item) for key, item in value.items()}
+        return value
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
+    then ``exception`` and ``stack`` when the record has them, then its ``extra=`` fields
+    (those JSON can write; others are left out)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:  # no redaction filter ran (a handler of someone else's)
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # the filter's redacted text, never the exception formatted afresh
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry and _serialisable(value):
+                entry[key] = value
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text", level: int | str = logging.INFO) -> None:
+    """Log to stderr at ``level`` in ``log_format`` (``text`` or ``json``).
+
+    Like ``logging.basicConfig``, it does nothing to a root logger that already has handlers
+    (``main`` called in a test's process). Call ``install_token_redaction`` afterwards: it
+    filters the handler made here.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def install_token_redaction(*secrets: str | _Secret | None) -> TokenRedactingFilter:
@@ -91,3 +159,11 @@ def _plain(secret: str | _Secret | None) -> str | None:
     if secret is None or isinstance(secret, str):
         return secret
     return secret.get_secret_value()
+
+
+def _serialisable(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):  # ValueError: a circular reference
+        return False
+    return True

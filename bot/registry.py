@@ -30,7 +30,6 @@ entries, ``candidate`` rows) is cleared when the worker starts again
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -45,10 +44,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.store.models import ModelVersion, utcnow
+from ml import model_json  # model.json's one owner (no torch)
+from ml.errors import ModelDirError
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.json"
+MODEL_FILE = model_json.MODEL_JSON
 
 
 class RegistryError(Exception):
@@ -162,23 +163,23 @@ class Decision:
 
 
 def read_model_json(model_dir: Path) -> dict:
-    """The parsed ``model.json`` of a model directory, or ``BadModelDir``."""
+    """The parsed ``model.json`` of a model directory (``ml.model_json.read_model_json``), or ``BadModelDir``."""
     try:
-        return json.loads((Path(model_dir) / MODEL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        return model_json.read_model_json(model_dir)
+    except (ModelDirError, OSError, ValueError) as exc:
         raise BadModelDir(f"{model_dir} is not a model directory: {exc}") from exc
 
 
 def model_labels(model_dir: Path) -> list[str]:
     """The class labels a model directory knows, from its model.json."""
-    classes = read_model_json(model_dir).get("classes", [])
-    return [c["label"] if isinstance(c, dict) else str(c) for c in classes]
+    return model_json.labels_of(read_model_json(model_dir))
 
 
-def backbone_name(meta: dict) -> str:
-    """The backbone name in a parsed model.json."""
-    backbone = meta.get("backbone", "unknown")
-    return backbone.get("name", "unknown") if isinstance(backbone, dict) else str(backbone)
+backbone_name = model_json.backbone_name  # the backbone name in a parsed model.json
+
+
+class VersionTaken(RuntimeError):
+    """Another process made the same version number first (replicas installing the starter together)."""
 
 
 class ModelRegistry:
@@ -236,7 +237,7 @@ class ModelRegistry:
         try:
             info = self.register(starter_dir, data_snapshot={}, config={"source": "starter"},
                                  promote_reason="starter model")
-        except IntegrityError:  # another process installed it at the same moment
+        except (IntegrityError, VersionTaken):  # another process installed it at the same moment
             return None
         log.info("installed the starter model from %s as version %d", starter_dir, info.version)
         return info
@@ -406,13 +407,17 @@ class ModelRegistry:
         """
         self.models_path.mkdir(parents=True, exist_ok=True)
         target = self.models_path / str(version)
-        staging = self.models_path / f"{STAGING_PREFIX}{version}"
-        shutil.rmtree(staging, ignore_errors=True)
+        # Its own staging dir: replicas starting together may all install the starter as version 1.
+        staging = self.models_path / f"{STAGING_PREFIX}{version}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             _copy_tree(source, staging)
-            staging.rename(target)
+            if target.exists():
+                raise VersionTaken(f"version {version} was made by another process meanwhile")
+            staging.rename(target)  # fails when another process renamed its copy there first
         except BaseException as exc:
             _remove_tree(staging)
+            if isinstance(exc, OSError) and target.exists():
+                raise VersionTaken(f"version {version} was made by another process meanwhile") from exc
             if is_disk_full(exc):
                 raise StorageFull(
                     f"the disk is full: no room in {self.models_path} to copy in version {version} "

@@ -8,8 +8,10 @@ values, so those packages stay usable on their own.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -124,9 +126,23 @@ class Settings(BaseSettings):
     # Telegram sends it in X-Telegram-Bot-Api-Secret-Token; required in webhook mode, never logged
     # (16-256 characters: A-Z, a-z, 0-9, _ and -).
     webhook_secret: SecretStr | None = None
-    # In long-polling mode, /healthz, /readyz and /metrics on this port (unset: not served).
+    # Replicas claim each update in the database; a claim unfinished this long (its replica died) is taken over.
+    webhook_claim_lease_s: float = 60.0
+    # In long-polling mode, /healthz, /readyz and /metrics on this port (unset: not served);
+    # ``sneakerbot worker`` serves its own there too (bot/jobs/health.py).
     health_port: int | None = None
     health_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"  # "json": one JSON object per line (bot.logging_setup)
+    log_level: str = "INFO"  # any logging level name; ``sneakerbot -v`` still means DEBUG
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        """A level name ``logging`` knows, in any case: a typo fails at start instead of logging at INFO."""
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("admin_ids", mode="before")
     @classmethod

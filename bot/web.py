@@ -59,6 +59,7 @@ class WebhookConfig:
     secret: str = field(repr=False)  # never printed, never logged
     host: str = "127.0.0.1"  # the listening address (behind a TLS-terminating proxy)
     port: int = 8443
+    claim_lease_s: float = 60.0  # replicas: an unfinished claim on an update is taken over after this
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -81,7 +82,7 @@ class WebhookConfig:
         if settings.webhook_secret is None:
             raise WebhookConfigError("webhook mode needs SNEAKERBOT_WEBHOOK_SECRET (sent with each update)")
         return cls(url, settings.webhook_secret.get_secret_value(), settings.webhook_listen_host,
-                   settings.webhook_listen_port)
+                   settings.webhook_listen_port, settings.webhook_claim_lease_s)
 
 
 async def register_webhook(bot: Bot, config: WebhookConfig) -> None:

@@ -16,52 +16,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ml.errors import UnknownBackbone, WeightsUnavailable
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MINUS_ONE_TO_ONE = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How pixels become a tensor for one backbone.
-
-    ``resize="squash"`` resizes the whole photo to ``size x size`` (keeps the toe and heel
-    of wide side-view shots); ``"crop"`` resizes the short side to ``size / crop_pct`` and
-    takes the centre, as ImageNet evaluation does.
-    """
-
-    size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "squash"
-    crop_pct: float = 0.875
-
-    def with_size(self, size: int) -> Preprocessing:
-        """The same preprocessing at another input resolution."""
-        return replace(self, size=int(size))
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict, for model.json."""
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Preprocessing:
-        """Inverse of ``to_dict``."""
-        return cls(
-            size=int(data["size"]),
-            mean=tuple(data["mean"]),
-            std=tuple(data["std"]),
-            resize=data.get("resize", "squash"),
-            crop_pct=float(data.get("crop_pct", 0.875)),
-        )
+from ml.preprocessing import IMAGENET_MEAN, IMAGENET_STD, MINUS_ONE_TO_ONE, Preprocessing  # noqa: F401 - public here too
 
 
 class Backbone(nn.Module):

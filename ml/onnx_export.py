@@ -1,4 +1,7 @@
-"""Export a SneakerNet to ONNX (one graph; its footwear branch under an ``If`` when it can be skipped) and open it."""
+"""Export a SneakerNet to ONNX (one graph; its footwear branch under an ``If`` when it can be skipped).
+
+Opening and running a graph is ``ml.onnx_runtime`` (no torch); its names are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,19 @@ import numpy as np
 import torch
 
 from ml.model import SneakerNet
+from ml.onnx_runtime import (  # noqa: F401 - re-exported: running a graph needs no torch (``ml.onnx_runtime``)
+    CLASSIFY_OUTPUTS,
+    INPUT,
+    KNOWN_LEVEL,
+    OUTPUTS,
+    SHARED,
+    onnx_session,
+    run_gated,
+    run_session,
+)
 
 log = logging.getLogger(__name__)
 
-INPUT, OUTPUTS = "images", ["probs", "embedding", "footwear"]
-CLASSIFY_OUTPUTS, SHARED, KNOWN_LEVEL = ["probs", "embedding", "shared"], "shared", "known_level"
 OPSET = 17
 
 
@@ -148,7 +159,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
                 stale.unlink(missing_ok=True)
         except OSError:
             pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")  # processes in containers share pids
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
@@ -159,28 +170,3 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         raise
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
-
-
-def onnx_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with a fixed thread count (the machine is shared)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_session(session, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probs, embedding, footwear) for a float32 NCHW batch."""
-    probs, embedding, footwear = session.run(OUTPUTS, {INPUT: batch.astype(np.float32, copy=False)})
-    return probs, embedding, footwear
-
-
-def run_gated(session, batch: np.ndarray, known_level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probs, embedding, footwear) from ``export_gated``'s graph; footwear NaN where the branch did not run."""
-    feeds = {INPUT: batch.astype(np.float32, copy=False), KNOWN_LEVEL: np.array(known_level, dtype=np.float32)}
-    probs, embedding, footwear = session.run(OUTPUTS, feeds)
-    return probs, embedding, footwear

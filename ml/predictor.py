@@ -4,6 +4,9 @@ ONNX Runtime is the fast path; PyTorch is the fallback (and what training uses).
 the same ``SneakerNet`` graph, so they give the same answers within float tolerance.
 When a model directory ships without ``model.onnx`` (to keep the repo small), the graph is
 exported once on first load into a cache directory, keyed by the weights' sha1.
+
+Serving an ONNX graph that is already built imports no torch (a bot process stays ~500 MB
+smaller): torch is imported only by the torch backend and by the first-load export.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ml import artifacts
-from ml.artifacts import ClassInfo, ModelInfo
+from ml import model_json
 from ml.errors import ModelDirError
 from ml.images import ImageSource, open_image
-from ml.transforms import eval_transform
+from ml.model_json import ClassInfo, ModelInfo
+from ml.preprocessing import eval_array_transform
 from ml.verdicts import known_level, verdicts
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ class Predictor:
                  centroids: np.ndarray | None = None) -> None:
         self.info, self.classes, self.backend = info, classes, backend
         self._runner = runner
-        self._transform = eval_transform(info.preprocessing)
+        self._transform = eval_array_transform(info.preprocessing)
         self._names = {c.label: c.display_name for c in classes}
         self._centroids = centroids
         self.thresholds: dict[str, float | None] = {
@@ -92,16 +94,18 @@ class Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         model_dir = Path(model_dir)
-        meta = artifacts.read_model_json(model_dir)
-        info = artifacts.model_info(model_dir, meta)
-        classes = artifacts.classes_of(meta)
-        centroids = artifacts.load_centroids(model_dir, meta)
+        meta = model_json.read_model_json(model_dir)
+        info = model_json.model_info(model_dir, meta)
+        classes = model_json.classes_of(meta)
+        centroids = model_json.load_centroids(model_dir, meta)
         if backend == "onnx":
             path, gated = _onnx_path(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info,
                                      centroids)
             runner = _OnnxRunner(path, threads, gated)
         else:
-            runner = _TorchRunner(artifacts.load_net(model_dir, meta), threads, centroids)
+            from ml.artifacts import load_net  # torch, only for this backend
+
+            runner = _TorchRunner(load_net(model_dir, meta), threads, centroids)
         predictor = cls(info, classes, runner, backend, centroids)
         for key, value in (thresholds or {}).items():
             if value is not None:
@@ -112,7 +116,7 @@ class Predictor:
 
     def display_name(self, label: str) -> str:
         """The name users see for a label (falls back to a prettified label)."""
-        return self._names.get(label) or artifacts.display_name(label)
+        return self._names.get(label) or model_json.display_name(label)
 
     @property
     def labels(self) -> list[str]:
@@ -163,7 +167,7 @@ class Predictor:
         outs = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            batch = torch.stack([self._transform(open_image(img)) for img in chunk]).numpy()
+            batch = np.stack([self._transform(open_image(img)) for img in chunk])
             probs, embedding, footwear = self._runner(batch, level)
             outs.append((probs, embedding, footwear, self.familiarity(embedding)))
         if not outs:
@@ -199,12 +203,12 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
 
 class _OnnxRunner:
     def __init__(self, path: Path, threads: int | None, gated: bool) -> None:
-        from ml.onnx_export import onnx_session
+        from ml.onnx_runtime import onnx_session
 
         self.session, self.gated = onnx_session(path, threads), gated
 
     def __call__(self, batch: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from ml.onnx_export import run_gated, run_session
+        from ml.onnx_runtime import run_gated, run_session
 
         return run_gated(self.session, batch, level) if self.gated else run_session(self.session, batch)
 
@@ -213,33 +217,35 @@ class _TorchRunner:
     """The same semantics as the ONNX graphs: the footwear branch runs when a photo is under ``level``."""
 
     def __init__(self, net, threads: int | None, centroids: np.ndarray | None) -> None:
+        import torch
+
         self.net = net.eval().to(memory_format=torch.channels_last)  # faster depthwise convs on CPU
         self.centroids = torch.from_numpy(centroids) if centroids is not None and net.has_gate else None
         if threads:
             torch.set_num_threads(threads)
 
-    @torch.inference_mode()
     def __call__(self, batch: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-        if self.centroids is None:
-            return tuple(t.numpy() for t in self.net(x))  # type: ignore[return-value]
-        probs, embedding, shared = self.net.classify(x)
-        if bool(((embedding @ self.centroids.T).max(dim=1).values < level).any()):
-            footwear = self.net.gate(shared)
-        else:
-            footwear = torch.full((len(batch),), float("nan"))
-        return probs.numpy(), embedding.numpy(), footwear.numpy()
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            if self.centroids is None:
+                return tuple(t.numpy() for t in self.net(x))  # type: ignore[return-value]
+            probs, embedding, shared = self.net.classify(x)
+            if bool(((embedding @ self.centroids.T).max(dim=1).values < level).any()):
+                footwear = self.net.gate(shared)
+            else:
+                footwear = torch.full((len(batch),), float("nan"))
+            return probs.numpy(), embedding.numpy(), footwear.numpy()
 
 
 def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo,
                centroids: np.ndarray | None) -> tuple[Path, bool]:
     """The ONNX graph to run and whether it is gated (``export_gated``): the shipped model.onnx
     or a build cached in ``cache_dir``, keyed by the weights' sha1 (and the centroids a gated
-    graph holds), exported on first load."""
-    from ml.onnx_export import export_gated, export_onnx
-
+    graph holds), exported on first load (the only step here that imports torch)."""
     gated = _has_gate(meta) and centroids is not None
-    key = artifacts.weights_fingerprint(model_dir, meta)
+    key = model_json.weights_fingerprint(model_dir, meta)
     shipped = meta.get("files", {}).get("onnx")
     if shipped and (model_dir / shipped).is_file() and not gated:
         return model_dir / shipped, False
@@ -249,8 +255,11 @@ def _onnx_path(model_dir: Path, meta: dict, cache_dir: Path, info: ModelInfo,
     if cached.is_file():
         return cached, gated
     log.info("building the ONNX graph of %s into %s (once)", model_dir, cached)
+    from ml.artifacts import load_net  # torch: building the graph needs the network
+    from ml.onnx_export import export_gated, export_onnx
+
     try:
-        net = artifacts.load_net(model_dir, meta)
+        net = load_net(model_dir, meta)
         if gated:
             return export_gated(net, cached, info.preprocessing.size, centroids), True  # type: ignore[arg-type]
         return export_onnx(net, cached, info.preprocessing.size), False

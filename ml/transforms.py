@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from ml.backbones import Preprocessing
+from ml.preprocessing import EvalArrayTransform, Preprocessing, eval_array_transform  # noqa: F401 - public here too
 
 
 def _resize(prep: Preprocessing) -> T.Transform:
@@ -68,7 +67,8 @@ def augmentation(name: str, prep: Preprocessing) -> T.Compose:
 
 
 def eval_transform(prep: Preprocessing) -> EvalTransform:
-    """Resize and centre crop: shared by evaluation, calibration and inference."""
+    """Resize and centre crop, as a tensor: shared by evaluation and calibration. Inference runs
+    the same preset as a NumPy array (``eval_array_transform``), without torch."""
     return EvalTransform(prep)
 
 
@@ -77,37 +77,12 @@ def torchvision_eval_transform(prep: Preprocessing) -> T.Compose:
     return T.Compose([_resize(prep), T.CenterCrop(prep.size), *_to_tensor(prep)])
 
 
-class EvalTransform:
-    """The eval preset on a PIL image: resize (bilinear), centre crop, scale to [0, 1], normalise.
+class EvalTransform(EvalArrayTransform):
+    """The eval preset (``ml.preprocessing.EvalArrayTransform``) returning a tensor, for training code.
 
     The same numbers as ``torchvision_eval_transform`` (a test holds them together), in PIL and
-    NumPy: the bot runs it on every photo, and torchvision's v2 dispatch took about a quarter of
-    the network's own time there (py-spy).
+    NumPy; the Predictor uses the array itself (``eval_array_transform``), without torch.
     """
 
-    def __init__(self, prep: Preprocessing) -> None:
-        self.size, self.outer, self.squash = prep.size, int(round(prep.size / prep.crop_pct)), prep.resize == "squash"
-        std = np.array(prep.std, dtype=np.float32)
-        # (x / 255 - mean) / std as one multiply-add per channel, on the uint8 pixels
-        self.scale = (1 / (255 * std)).astype(np.float32)
-        self.offset = (-np.array(prep.mean, dtype=np.float32) / std).astype(np.float32)
-
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.resize(self._resized(image.size), Image.BILINEAR)
-        width, height = image.size
-        top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
-        image = image.crop((left, top, left + self.size, top + self.size))
-        planes = np.asarray(image).transpose(2, 0, 1)  # CHW view of the uint8 pixels
-        pixels = np.empty(planes.shape, dtype=np.float32)
-        np.multiply(planes, self.scale[:, None, None], out=pixels)
-        pixels += self.offset[:, None, None]
-        return torch.from_numpy(pixels)
-
-    def _resized(self, size: tuple[int, int]) -> tuple[int, int]:
-        """(width, height) after the resize step, by torchvision's rule for a short-side size."""
-        if self.squash:
-            return self.outer, self.outer
-        width, height = size
-        if width <= height:
-            return self.outer, int(self.outer * height / width)
-        return int(self.outer * width / height), self.outer
+        return torch.from_numpy(super().__call__(image))

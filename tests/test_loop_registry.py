@@ -166,3 +166,34 @@ def test_one_class_losing_more_than_the_tolerance_rejects_even_when_the_total_ho
     assert class_losses(result({"a": 0.75, "b": 0.95}), current, 0.05) == ["a 90% → 75% on its 20 test photos"]
     assert class_losses(result({"a": 0.5}, n=2), result({"a": 1.0}, n=2), 0.05) == []  # one photo of two
     assert class_losses(result({"b": 0.8}), current, 0.05)[0].startswith("a 90% → 0%")  # a class it lost
+
+
+def test_replicas_installing_the_starter_at_once_make_one_version(tmp_path: Path, database_url: str,
+                                                                  good_model: Path) -> None:
+    """Bot replicas and the worker start together on an empty registry: one starter version, no crash."""
+    import threading
+
+    from bot.registry import ModelRegistry
+    from bot.store.db import init_db, session_factory
+    starter = good_model
+    engine = init_db(database_url)
+    sessions = session_factory(engine)
+    models = tmp_path / "models"
+    registries = [ModelRegistry(sessions, models) for _ in range(4)]
+    start = threading.Barrier(len(registries))
+    installed: list[object] = []
+
+    def install(registry: ModelRegistry) -> None:
+        start.wait()
+        installed.append(registry.install_starter(starter))
+
+    threads = [threading.Thread(target=install, args=(registry,)) for registry in registries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.dispose()
+
+    assert len(installed) == 4 and len([info for info in installed if info is not None]) == 1
+    assert registries[0].current_version() == 1 and [v.version for v in registries[0].versions()] == [1]
+    assert sorted(p.name for p in models.iterdir()) == ["1"]

@@ -135,16 +135,21 @@ def test_split_is_stratified_seeded_and_stable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("resize", ["squash", "crop"])
 def test_eval_transform_gives_torchvision_numbers(resize: str) -> None:
-    """The fast eval preset (PIL + NumPy) must feed the network exactly what training's torchvision one did."""
+    """The fast eval preset (PIL + NumPy) must feed the network exactly what training's torchvision one did:
+    as a tensor (training code) and as the float32 array the Predictor feeds ONNX Runtime, without torch."""
     from skimage import data
 
     from ml.backbones import Preprocessing
+    from ml.preprocessing import eval_array_transform
     from ml.transforms import eval_transform, torchvision_eval_transform
 
     prep = Preprocessing(size=96, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=resize)
-    fast, reference = eval_transform(prep), torchvision_eval_transform(prep)
+    fast, as_array, reference = eval_transform(prep), eval_array_transform(prep), torchvision_eval_transform(prep)
     photo = Image.fromarray(data.astronaut())
     for image in (photo, photo.resize((301, 97)), photo.resize((97, 301)), photo.resize((40, 40))):
-        got, want = fast(image), reference(image)
+        got, array, want = fast(image), as_array(image), reference(image)
         assert got.shape == want.shape == (3, 96, 96) and got.is_contiguous()
         assert float((got - want.as_subclass(type(got))).abs().max()) < 1e-5
+        assert isinstance(array, np.ndarray) and array.dtype == np.float32 and array.flags.c_contiguous
+        assert array.shape == (3, 96, 96) and np.abs(array - want.numpy()).max() < 1e-5
+        assert np.array_equal(array, got.numpy())

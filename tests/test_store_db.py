@@ -80,3 +80,29 @@ def test_memory_embeddings_move_from_json_to_float32_bytes_and_back(database_url
         embedding = connection.execute(text("SELECT embedding FROM memory_entries")).scalar_one()
     assert (json.loads(embedding) if isinstance(embedding, str) else embedding) == values
     engine.dispose()
+
+
+def test_processes_starting_together_on_an_empty_database_all_find_it_migrated(database_url: str) -> None:
+    """Replicas and the worker migrate one at a time (a lock), none fails on "table already exists"."""
+    import threading
+
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def start_one() -> None:
+        start.wait()
+        try:
+            init_db(database_url).dispose()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    engine = init_db(database_url)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    engine.dispose()

@@ -2,7 +2,8 @@
 
 Each area registers its sub-commands from its own module:
 ``ml_commands`` (train, predict, eval), ``scrape_commands`` (scrape),
-``run_commands`` (run, worker, playground).
+``run_commands`` (run, playground), ``worker_commands`` (worker), ``backup_commands``
+(backup, restore), ``health_commands`` (healthcheck).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.cli import backup_commands, ml_commands, run_commands, scrape_commands, worker_commands
+from bot.cli import backup_commands, health_commands, ml_commands, run_commands, scrape_commands, worker_commands
+from bot.logging_setup import configure_logging, install_token_redaction
 from bot.settings import get_settings
 
-COMMAND_MODULES = (ml_commands, scrape_commands, run_commands, worker_commands, backup_commands)
+COMMAND_MODULES = (ml_commands, scrape_commands, run_commands, worker_commands, backup_commands, health_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, build the settings once and run the command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Libraries that log every request or every job run at INFO would drown the bot's own log.
-    for noisy in ("httpx", "apscheduler.executors", "apscheduler.scheduler", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()
-    from bot.logging_setup import install_token_redaction  # the log filter: no bot token in any log line
-    install_token_redaction(settings.telegram_bot_token)
+    configure_logging(settings.log_format, logging.DEBUG if args.verbose else settings.log_level)
+    install_token_redaction(settings.telegram_bot_token)  # the log filter: no bot token in any log line
     return int(args.func(args, settings) or 0)
 
 

@@ -105,7 +105,7 @@ async def _run_bot(settings: Settings, use_playground: bool, webhook: WebhookCon
     if settings.start_worker_in_bot:  # the learning loop's jobs in a child process: never here
         from bot.learning_loop import start_worker_process
 
-        worker = start_worker_process()
+        worker = start_worker_process(settings.health_port if webhook is None else None)
     if server is not None:
         print(f"sneakerbot playground: open {server.url}/ in your browser (Ctrl-C stops)", flush=True)
     elif webhook is not None:

@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
-from bot.scraping import footwear_classifier, run_scrape, seed_catalogue
 from bot.settings import Settings
-from bot.store.db import init_db, session_factory
-from scraper.report import ScrapeReport
 from scraper.sources import available_sources
+
+if TYPE_CHECKING:  # imported when the command runs: every other command (healthcheck: a Docker probe) starts fast
+    from tqdm import tqdm
+
+    from scraper.report import ScrapeReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_scrape(args: argparse.Namespace, settings: Settings) -> int:
     """Run one scrape; exit 1 when nothing was found because every source was blocked or failed."""
     settings.ensure_dirs()
+    from tqdm import tqdm
+
+    from bot.scraping import footwear_classifier, run_scrape, seed_catalogue
+    from bot.store.db import init_db, session_factory
+
     engine = init_db(settings.db_url)
     try:
         sessions = session_factory(engine)

@@ -15,7 +15,7 @@ from pillow_heif import register_heif_opener
 
 import bot.playground.userapi as userapi
 from bot.playground.botapi import call_method, method_of
-from bot.playground.state import DOWNLOAD, STATE, BotApiError, Fault, PlaygroundState
+from bot.playground.state import DOWNLOAD, STATE, WEBHOOK, BotApiError, Fault, PlaygroundState
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -148,7 +148,10 @@ async def _post_update(state: PlaygroundState, session: aiohttp.ClientSession, u
     """One delivery attempt; its outcome goes to ``state.delivered``."""
     hook = state.webhook
     error: str | None = "webhook was deleted"
-    if hook is not None:
+    fault = state.take_fault(WEBHOOK)
+    if hook is not None and fault is not None and not fault.after_accept:
+        error = f"Delivery failed (injected {fault.kind})"
+    elif hook is not None:
         headers = {SECRET_HEADER: hook.secret_token} if hook.secret_token else {}
         try:
             async with session.post(hook.url, json=update, headers=headers,
@@ -165,6 +168,8 @@ async def _post_update(state: PlaygroundState, session: aiohttp.ClientSession, u
             error = f"Connection closed: {type(exc).__name__}"
         except Exception as exc:  # noqa: BLE001 - a bad URL and the like: a failed delivery, never a stuck one
             error = f"Delivery failed: {type(exc).__name__}"
+        if fault is not None and error is None:  # the bot answered, but the answer never reached "Telegram"
+            error = "Read timeout expired (injected: the answer was lost)"
     async with state.changed:
         state.delivered(update, error, asyncio.get_running_loop().time())
         state.changed.notify_all()

@@ -18,6 +18,7 @@ from aiohttp import web
 JSON = dict[str, Any]
 FAULT_KINDS = ("429", "500", "timeout", "drop")
 DOWNLOAD = "file"  # the name faults give the file download route (``/file/bot<token>/<path>``)
+WEBHOOK = "webhook"  # the name faults give a webhook delivery (the server's POST to the bot)
 
 
 class BotApiError(Exception):
@@ -192,8 +193,8 @@ class PlaygroundState:
 
     async def push_event(self, chat_id: int, kind: str, **data: Any) -> JSON:
         """Record something the bot did in a chat and wake the chat's watchers."""
-        event = {"seq": len(self.events) + 1, "chat_id": chat_id, "type": kind, "time": time.time(), **data}
-        async with self.changed:
+        async with self.changed:  # numbered under the lock: waiting for it, two events took one number
+            event = {"seq": len(self.events) + 1, "chat_id": chat_id, "type": kind, "time": time.time(), **data}
             self.events.append(event)
             self.changed.notify_all()
         return event

@@ -17,7 +17,17 @@ from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
 from bot.playground.botapi import METHODS
-from bot.playground.state import DOWNLOAD, FAULT_KINDS, JSON, STATE, BotApiError, Fault, PlaygroundState, bad_request
+from bot.playground.state import (
+    DOWNLOAD,
+    FAULT_KINDS,
+    JSON,
+    STATE,
+    WEBHOOK,
+    BotApiError,
+    Fault,
+    PlaygroundState,
+    bad_request,
+)
 
 routes = web.RouteTableDef()
 PHOTO_SIDES = (320, 1280)  # Telegram keeps several sizes; two are enough to choose from
@@ -253,18 +263,22 @@ async def inject_flood(request: web.Request) -> web.Response:
 
 @routes.post("/playground/api/faults")
 async def inject_faults(request: web.Request) -> web.Response:
-    """Make the next ``count`` calls of a Bot API ``method``, or downloads (``"file"``), fail (tests, demos).
+    """Make the next ``count`` calls of a Bot API ``method``, downloads (``"file"``) or webhook deliveries
+    (``"webhook"``) fail (tests, demos).
 
     JSON ``{"method", "kind": "429"|"500"|"timeout"|"drop", "count": 1, "retry_after": 1,
-    "after_accept": false, "hold": 30}``; what each kind does is ``state.Fault``'s docstring.
+    "after_accept": false, "hold": 30}``; what each kind does is ``state.Fault``'s docstring. A webhook
+    fault fails the delivery without POSTing, or with ``after_accept`` POSTs it and loses the bot's
+    answer (Telegram then delivers the same update again: a redelivery).
     A 429 is never answered after the method was performed, so "429" takes no ``after_accept``.
     """
     body = await request.json()
     if not isinstance(body, dict):
         raise bad_request("send a JSON object")
     method = str(body.get("method", "")).lower()
-    if method not in METHODS and method != DOWNLOAD:
-        raise bad_request(f"unknown method {method!r}: a Bot API method or {DOWNLOAD!r} (downloads)")
+    if method not in METHODS and method not in (DOWNLOAD, WEBHOOK):
+        raise bad_request(f"unknown method {method!r}: a Bot API method, {DOWNLOAD!r} (downloads) "
+                          f"or {WEBHOOK!r} (webhook deliveries)")
     kind = str(body.get("kind", ""))
     if kind not in FAULT_KINDS:
         raise bad_request(f"unknown fault kind {kind!r}; use one of {list(FAULT_KINDS)}")

@@ -259,7 +259,7 @@ class FeedbackService:
 
 def _write_photo(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` through a hidden temporary name: no half-written photo, even on a full disk."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")  # replicas share pids
     try:
         shutil.copyfile(source, tmp)
         tmp.replace(target)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,7 +140,10 @@ def load_served_model(sessions: sessionmaker[Session], *, starter_dir: Path, mod
 
 def open_predictor(path: Path | str, *, backend: str = "onnx", threads: int | None = 1,
                    thresholds: dict[str, float | None] | None = None) -> Any:
-    """A model directory loaded the way the bot serves it: at start and on every hot swap alike."""
+    """A model directory loaded the way the bot serves it: at start and on every hot swap alike.
+
+    On the ONNX backend this imports no torch when the graph is already built (shipped or cached).
+    """
     from ml.predictor import Predictor  # imported here: loading it pulls in onnxruntime
 
     predictor = Predictor.load(path, backend=backend, threads=threads, thresholds=thresholds)
@@ -149,11 +153,13 @@ def open_predictor(path: Path | str, *, backend: str = "onnx", threads: int | No
 
 
 def _single_threaded_torch() -> None:
-    """Preprocessing runs torch ops on one small image per call, from several identify threads at once.
+    """One torch thread, in a process that has loaded torch (to build a model's ONNX graph on first load).
 
-    A torch thread pool only adds synchronisation there (its workers spin-wait for the next op,
-    which on a busy machine costs more CPU than the op); the identify pool is the parallelism.
+    Serving runs no torch op (preprocessing is PIL and NumPy); should any run, a torch thread
+    pool would only add synchronisation (its workers spin-wait for the next op, which on a busy
+    machine costs more CPU than the op): the identify pool is the parallelism. A process without
+    torch does not import it for this.
     """
-    import torch
-
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)

@@ -17,14 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.store.models import Prediction
-from bot.store.repositories import PredictionRepository, RateEventRepository
+from bot.store.repositories import PredictionRepository, RateEventRepository, UpdateClaimRepository
 from bot.store.retry import retry_policy
 
 log = logging.getLogger(__name__)
 
 
 class RetentionService:
-    """Deletes expired pending photos and old rate-limit events."""
+    """Deletes expired pending photos, old rate-limit events and old update claims."""
 
     def __init__(self, sessions: sessionmaker[Session], retention_days: int) -> None:
         self.sessions = sessions
@@ -45,6 +45,7 @@ class RetentionService:
                     if not self._still_needed(session, path, cutoff):
                         unneeded.add(path)
                 RateEventRepository(session).purge_before(now - timedelta(days=1))
+                UpdateClaimRepository(session).purge_before(now - timedelta(days=1))  # Telegram keeps updates 24 h
             return unneeded
 
         deleted = 0

@@ -6,12 +6,15 @@ so an installed package can create or upgrade its database without an ``alembic.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +23,7 @@ from bot.store.retry import RetryPolicy, attach_policy
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 0x5EAC_B07  # PostgreSQL advisory lock held while one process migrates
 SQLITE_BUSY_TIMEOUT_S = 5.0  # how long one SQLite statement waits for another writer's lock
 PG_CONNECT_TIMEOUT_S = 10  # a server that does not answer at all counts as away, and is retried
 
@@ -81,6 +85,36 @@ def alembic_config(engine: Engine) -> Config:
 def init_db(url: str, *, retry_seconds: float | None = None) -> Engine:
     """Create or upgrade the database at ``url`` to the newest schema and return its engine."""
     engine = make_engine(url, retry_seconds=retry_seconds)
-    command.upgrade(alembic_config(engine), "head")
+    with migration_lock(engine):  # bot replicas and the worker start together on an empty database
+        command.upgrade(alembic_config(engine), "head")
     log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
     return engine
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """One process at a time migrates: the others wait, then find the schema at head.
+
+    Without it, replicas started together on an empty database all ran the first migration and
+    all but one failed on "table already exists". PostgreSQL: a session advisory lock; SQLite (one
+    machine): an exclusive ``flock`` on ``<database>.migrate.lock``; an in-memory database: none.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -182,6 +182,23 @@ class RateEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UpdateClaim(Base):
+    """Which bot process took a Telegram update, and whether it finished (webhook replicas).
+
+    Telegram delivers an update again when it did not get the webhook's answer; behind a proxy
+    the second delivery may reach another replica while the first still works on it. The first
+    process to insert the row handles the update; a claim not finished within the lease (its
+    process died) may be taken over. Rows older than a day are purged (Telegram keeps updates 24 h).
+    """
+
+    __tablename__ = "update_claims"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    instance: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    done_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class MemoryEntry(Base):
     """Instant-learning memory: an embedding of a user-labelled photo.
 

@@ -6,13 +6,13 @@ stored all together or not at all.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.store.models import Feedback, Image, Prediction, RateEvent, Suggestion, User
+from bot.store.models import Feedback, Image, Prediction, RateEvent, Suggestion, UpdateClaim, User
 
 
 class UserRepository:
@@ -187,6 +187,59 @@ class SuggestionRepository:
         """A user's suggestions, oldest first."""
         query = select(Suggestion).where(Suggestion.user_id == user_id).order_by(Suggestion.id)
         return list(self.session.scalars(query))
+
+
+class UpdateClaimRepository:
+    """Claims on Telegram updates, so that replicas handle each update once (``UpdateClaim``)."""
+
+    MINE, HANDLED, BUSY = "mine", "handled", "busy"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def claim(self, update_id: int, instance: str, now: datetime, *, lease_before: datetime) -> str:
+        """``MINE`` when this instance takes the update now; ``HANDLED`` when it was finished; ``BUSY``
+        when another instance took it after ``lease_before`` and has not finished (or this one has it)."""
+        if self._insert(update_id, instance, now):
+            return self.MINE
+        row = self.session.get(UpdateClaim, update_id, populate_existing=True)
+        if row is None:  # purged in between: take it
+            return self.MINE if self._insert(update_id, instance, now) else self.BUSY
+        if row.done_at is not None:
+            return self.HANDLED
+        if row.instance == instance or _aware(row.claimed_at) >= lease_before:
+            return self.BUSY
+        taken = self.session.execute(  # the old claimer died: take over, unless another replica just did
+            update(UpdateClaim).where(UpdateClaim.update_id == update_id, UpdateClaim.instance == row.instance,
+                                      UpdateClaim.done_at.is_(None))
+            .values(instance=instance, claimed_at=now))
+        return self.MINE if taken.rowcount == 1 else self.BUSY
+
+    def finish(self, update_id: int, instance: str, now: datetime) -> None:
+        """The update was handled by ``instance``."""
+        self.session.execute(update(UpdateClaim).where(UpdateClaim.update_id == update_id,
+                                                       UpdateClaim.instance == instance).values(done_at=now))
+
+    def purge_before(self, before: datetime) -> int:
+        """Forget claims taken before ``before``."""
+        result = self.session.execute(delete(UpdateClaim).where(UpdateClaim.claimed_at < before))
+        return result.rowcount or 0
+
+    def _insert(self, update_id: int, instance: str, now: datetime) -> bool:
+        """Insert the claim unless one exists (no error, no aborted transaction on PostgreSQL)."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = (dialect_insert(UpdateClaim).values(update_id=update_id, instance=instance, claimed_at=now)
+                     .on_conflict_do_nothing(index_elements=["update_id"]).returning(UpdateClaim.update_id))
+        return self.session.execute(statement).first() is not None
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 class RateEventRepository:
