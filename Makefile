@@ -28,6 +28,15 @@ services:
 test: $(STAMP) services
 	. scripts/test-env.sh && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Lint: ruff (rules in pyproject.toml) over the code and the tests, then mypy (its files and
+# per-module settings in pyproject.toml). Both run, so one report shows every finding; it
+# fails if either found something. Uses only what `make install` installed.
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check bot ml scraper bench tests || status=1; \
+	$(PY) -m mypy || status=1; \
+	exit $$status
+
 starter-model: $(STAMP)
 	bash scripts/build-starter-model.sh
 

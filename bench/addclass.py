@@ -62,6 +62,7 @@ def without_class(model_dir: Path, label: str, out: Path) -> Path:
     torch.save(state, out / "head.pt")
     np.save(out / "centroids.npy", np.load(out / "centroids.npy")[keep])
     carried = Carried.load(out, meta)
+    assert carried is not None
     mask = (carried.frame["label"] != label).to_numpy()
     Carried(carried.frame[mask].reset_index(drop=True), carried.feats[mask]).save(out)
     meta["classes"] = [meta["classes"][i] for i in keep]
@@ -172,7 +173,9 @@ def measure(before: Path, after: Path, label: str, test_files: list[Path]) -> di
         from ml import artifacts
         from ml.carried import Carried
 
-        rows = Carried.load(model_dir, artifacts.read_model_json(model_dir)).select(split="test", view="center").frame
+        carried = Carried.load(model_dir, artifacts.read_model_json(model_dir))
+        assert carried is not None
+        rows = carried.select(split="test", view="center").frame
         rows = rows[rows["label"] != label].assign(path="")
         probs, classes = score_rows(model_dir, rows, Path(tempfile.gettempdir()))
         return float((np.array(classes)[probs.argmax(1)] == rows["label"].to_numpy()).mean())

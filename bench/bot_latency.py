@@ -31,6 +31,7 @@ import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -60,7 +61,7 @@ def phone_jpeg(image: Image.Image, longest: int = 800) -> bytes:
     """The photo re-encoded at ``longest`` px on its longer side, as a phone would send it (decode cost included)."""
     image = image.convert("RGB")
     scale = longest / max(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=88)
     return buffer.getvalue()
@@ -183,7 +184,7 @@ def users_process(url: str, count: int, rate: float, source: Path | None, out: Q
 # ----------------------------------------------------------------------------- the bot
 
 
-def bot_process(overrides: dict[str, object], api_root: str, ready: Event, measure: Event, done: Event,
+def bot_process(overrides: dict[str, Any], api_root: str, ready: Event, measure: Event, done: Event,
                 cpu: Queue) -> None:
     """The bot in its own process, as in production (the Bot API server is not the bot's CPU)."""
     from bot.app import build_runtime, start_bot, stop_bot

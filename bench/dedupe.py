@@ -38,7 +38,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bench.machine import cpu_model
-
 from scraper.errors import ScraperError
 from scraper.images import (
     COLOUR_BINS,

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     threshold = model.thresholds["footwear"]
     originals = [i for i, n in enumerate(names) if "~" not in n]
 
-    print(f"model {args.model} ({model.info.backbone}@{model.info.preprocessing.size}); footwear threshold {threshold:.4f}")
+    print(f"model {args.model} ({model.info.backbone}@{model.info.preprocessing.size}); "
+          f"footwear threshold {threshold:.4f}")
     print(f"{len(originals)} package photos: " + ", ".join(f"{k} {v}" for k, v in
                                                             Counter(answers[i].verdict for i in originals).items()))
     print(f"{len(names)} views: " + ", ".join(f"{k} {v}" for k, v in Counter(a.verdict for a in answers).items())

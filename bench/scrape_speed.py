@@ -42,7 +42,7 @@ TARGET_PER_S = 30.0
 def make_picture(rng: np.random.Generator, side: int = 400) -> bytes:
     """A photo-like JPEG: a smooth random colour field with fine texture (distinct perceptual hashes)."""
     coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC), dtype=np.int16)
+    field = np.asarray(Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC), dtype=np.int16)
     texture = rng.integers(-12, 13, size=(side, side, 1), dtype=np.int16)
     buffer = io.BytesIO()
     Image.fromarray(np.clip(field + texture, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=88)
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = kept / elapsed
     print(f"served: {args.images} results ({kinds['good']} good, {kinds['duplicate']} duplicates, "
           f"{kinds['corrupt']} corrupt), {args.latency * 1000:.0f} ms latency per response")
-    print(f"concurrency {args.concurrency}, host delay {args.host_delay:g}s, footwear check {'on' if classifier else 'off'}")
+    print(f"concurrency {args.concurrency}, host delay {args.host_delay:g}s, "
+          f"footwear check {'on' if classifier else 'off'}")
     print(f"stored {report.stored}, to review {report.rejected}, duplicates {report.duplicates}, "
           f"failed {dict(report.failed)} in {elapsed:.2f}s")
     print(f"images stored per second: {rate:.1f} (target >= {TARGET_PER_S:.0f}); "

@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
         xr = torch.randn(batch, 3, 224, 224)
-        fns = {("onnxruntime", model_name): lambda: onnx._runner(x, np.inf)}
+        fns = {("onnxruntime", model_name): lambda x=x: onnx._runner(x, np.inf)}
         if getattr(onnx._runner, "gated", False):
-            fns[("onnxruntime", "  known sneaker: no footwear")] = lambda: onnx._runner(x, -np.inf)
-        fns[("torch eager", model_name)] = lambda: net(xt)
-        fns[("torch eager", "resnet18@224 (reference)")] = lambda: fc(resnet(xr))
+            fns[("onnxruntime", "  known sneaker: no footwear")] = lambda x=x: onnx._runner(x, -np.inf)
+        fns[("torch eager", model_name)] = lambda xt=xt: net(xt)
+        fns[("torch eager", "resnet18@224 (reference)")] = lambda xr=xr: fc(resnet(xr))
         reps = max(3, args.repeats // (6 if batch > 1 else 1))
         with torch.inference_mode():
             timed = interleaved_ms(fns, reps, warmup=5 if batch == 1 else 1, rounds=10 if batch == 1 else 3)

@@ -1,9 +1,11 @@
 """Build the running bot: database, model, services and the python-telegram-bot Application.
 
-``build_runtime`` wires everything from one ``Settings``; ``start_bot``/``stop_bot`` run long
-polling, or a webhook on the bot's own web server (``bot.web``), inside the caller's event loop
-(the CLI and the tests use the same two calls).
-Updates are handled concurrently; inference runs on the identify service's thread pool.
+``build_runtime`` wires everything from one ``Settings``: ``build_services`` makes every
+service once (identify, feedback, the learning memory, admin, the learning loop, ...) into
+the typed ``BotServices`` the handlers get, and ``build_application`` registers every
+handler. ``start_bot``/``stop_bot`` run long polling, or a webhook on the bot's own web
+server (``bot.web``), inside the caller's event loop (the CLI and the tests use the same two
+calls). Updates are handled concurrently; inference runs on the identify service's thread pool.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,13 +35,17 @@ from telegram.ext import (
     filters,
 )
 
-from bot import learning_loop, render
-from bot.handlers import commands, fallback, feedback, photos
+from bot import render
+from bot.handlers import admin, commands, fallback, feedback, photos
 from bot.handlers.context import SERVICES_KEY, BotContext, BotLimits, BotServices
+from bot.learning_loop import LearningLoop
 from bot.metrics import METRICS_KEY, BotMetrics
+from bot.registry import registry_for
+from bot.services.admin import AdminService
 from bot.services.decoding import PhotoDecoder
 from bot.services.feedback import FeedbackService
 from bot.services.identify import IdentifyService
+from bot.services.learning import MemoryRules, learning_service_for
 from bot.services.models import ModelHolder, ServedModel, load_served_model
 from bot.services.ratelimit import RateLimiter
 from bot.services.retention import RetentionService
@@ -50,15 +58,9 @@ from bot.web import BotWebServer, WebhookConfig, register_webhook
 
 log = logging.getLogger(__name__)
 
-HandlerExtension = Callable[[Application], None]
-
-# Other areas add their handlers here, before the catch-all handlers below take everything.
-# The learning loop's admin commands: ``from bot.handlers import admin`` and add ``admin.register``.
-EXTENSIONS: tuple[HandlerExtension, ...] = (learning_loop.install,)
-
 MESSAGES = filters.UpdateType.MESSAGE  # edited messages are not answered again
 IMAGE_FILES = filters.Document.IMAGE | functools.reduce(
-    lambda a, b: a | b, (filters.Document.FileExtension(ext) for ext in ("jpg", "jpeg", "png", "webp", "heic", "heif"))
+    operator.or_, (filters.Document.FileExtension(ext) for ext in ("jpg", "jpeg", "png", "webp", "heic", "heif"))
 )
 
 
@@ -76,25 +78,48 @@ class BotRuntime:
 
 
 def build_services(settings: Settings, sessions: sessionmaker[Session], served: ServedModel) -> BotServices:
-    """The services, from plain settings values."""
+    """Every service of the bot, each built once here from plain settings values, and wired together:
+    the learning memory refines identify's answers and hears feedback's corrections."""
     models = ModelHolder(served)
-    decode = PhotoDecoder(max_pixels=settings.max_image_pixels)
+    registry = registry_for(settings, sessions)
+    identify = IdentifyService(sessions, models, PhotoDecoder(max_pixels=settings.max_image_pixels),
+                               data_dir=settings.data_dir, admin_ids=settings.admin_ids, top_k=settings.top_k,
+                               threads=settings.inference_threads)
+    feedback = FeedbackService(sessions, data_dir=settings.data_dir, retention_days=settings.retention_days,
+                               known_label=models.knows, admin_ids=settings.admin_ids)
+    learning = learning_service_for(sessions, models, _stored_photo_decoder(settings), MemoryRules(
+        admin_ids=settings.admin_ids,
+        agree_users=settings.memory_agree_users,
+        match_threshold=settings.memory_match_threshold,
+        max_weight=settings.memory_max_weight,
+    ))
+    identify.refiners.append(learning)
+    feedback.listeners.append(learning)
     return BotServices(
         limits=BotLimits(settings.max_download_bytes, settings.rate_limit_per_minute, settings.retention_days,
-                         settings.search_url_template, settings.admin_ids, settings.retention_interval_s),
+                         settings.search_url_template, settings.admin_ids, settings.retention_interval_s,
+                         settings.model_poll_seconds),
         models=models,
-        identify=IdentifyService(sessions, models, decode, data_dir=settings.data_dir, admin_ids=settings.admin_ids,
-                                 top_k=settings.top_k, threads=settings.inference_threads),
-        feedback=FeedbackService(sessions, data_dir=settings.data_dir, retention_days=settings.retention_days,
-                                 known_label=models.knows, admin_ids=settings.admin_ids),
+        identify=identify,
+        feedback=feedback,
         rate_limit=RateLimiter(sessions, settings.rate_limit_per_minute),
         retention=RetentionService(sessions, settings.retention_days),
+        learning=learning,
+        admin=AdminService(sessions, registry, admin_ids=settings.admin_ids,
+                           retrain_min_corrections=settings.retrain_min_corrections),
+        loop=LearningLoop(sessions, registry, models, thresholds=settings.threshold_overrides()),
     )
 
 
+def _stored_photo_decoder(settings: Settings) -> Callable[[bytes], Any]:
+    """How the memory opens a stored photo to embed it (imported here: ``ml.images`` is only needed then)."""
+    from ml.images import open_image
+
+    return functools.partial(open_image, max_pixels=settings.max_image_pixels)
+
+
 def build_application(settings: Settings, services: BotServices, *, api_root: str | None = None,
-                      token: str | None = None, extensions: Sequence[HandlerExtension] = EXTENSIONS,
-                      metrics: BotMetrics | None = None) -> Application:
+                      token: str | None = None, metrics: BotMetrics | None = None) -> Application:
     """The PTB Application talking to ``<api_root>/bot<token>/``, with every handler registered."""
     root = (api_root or settings.bot_api_url).rstrip("/")
     token = token or (settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None)
@@ -116,11 +141,10 @@ def build_application(settings: Settings, services: BotServices, *, api_root: st
         .build()
     )
     application.bot_data[SERVICES_KEY] = services
-    application.bot_data[learning_loop.SETTINGS_KEY] = settings  # the learning loop's extension reads it
     if metrics is not None:  # every update counted first, in its own group: the others still run
         application.bot_data[METRICS_KEY] = metrics
         application.add_handler(TypeHandler(Update, metrics.on_update), group=-1)
-    register_handlers(application, extensions)
+    register_handlers(application)
     application.add_error_handler(stop_after_uncertain_delivery)  # first: no apology after a maybe-sent message
     application.add_error_handler(fallback.on_error)
     return application
@@ -134,13 +158,9 @@ def bot_api_http_options(settings: Settings) -> HttpOptions:
                        connect_timeout=settings.telegram_connect_timeout_s, retry=retry)
 
 
-def register_handlers(application: Application, extensions: Sequence[HandlerExtension] = EXTENSIONS) -> None:
-    """Commands first, then other areas' handlers, then photos, buttons, text and the catch-alls."""
-    for handler in command_handlers():
-        application.add_handler(handler)
-    for extend in extensions:
-        extend(application)
-    for handler in message_handlers():
+def register_handlers(application: Application) -> None:
+    """Commands first (the admins' included, with their buttons), then photos, buttons, text and the catch-alls."""
+    for handler in [*command_handlers(), *admin.handlers(), *message_handlers()]:
         application.add_handler(handler)
 
 
@@ -163,7 +183,7 @@ def message_handlers() -> list[BaseHandler]:
 
 
 async def _on_started(application: Application) -> None:
-    """Register the command menu (a failure is logged, not fatal) and the retention job."""
+    """Register the command menu (a failure is logged, not fatal), the retention job and the learning loop's."""
     try:
         await application.bot.set_my_commands(render.COMMANDS)
     except TelegramError as exc:
@@ -172,6 +192,8 @@ async def _on_started(application: Application) -> None:
     if application.job_queue is not None:  # in-process and built once per start: no duplicates
         application.job_queue.run_repeating(_retention_job, interval=services.limits.retention_interval_s,
                                             first=5, name="retention")
+        application.job_queue.run_repeating(services.loop.tick, interval=services.limits.model_poll_seconds,
+                                            first=1, name="learning_loop")
 
 
 async def _retention_job(context: BotContext) -> None:
@@ -214,6 +236,7 @@ async def start_bot(runtime: BotRuntime, *, poll_timeout: int = 10, webhook: Web
         web.attach(runtime)
         await web.start()  # a no-op when it already served /healthz while the model loaded
     if webhook is None:  # PTB deletes a webhook set before
+        assert application.updater is not None
         await application.updater.start_polling(timeout=poll_timeout, poll_interval=0.0,
                                                 allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
     else:
@@ -227,6 +250,7 @@ async def stop_bot(runtime: BotRuntime) -> None:
     application = runtime.application
     if runtime.web is not None:
         await runtime.web.stop()
+    assert application.updater is not None
     if application.updater.running:
         await application.updater.stop()
     if application.running:

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from telegram import Update
 
+from ml.verdicts import VERDICTS
+
 METRICS_KEY = "metrics"  # where the Application's ``bot_data`` keeps the runtime's metrics
 UPDATE_KINDS = ("photo", "document", "callback", "command", "other")
-VERDICTS = ("sneaker", "unsure", "not_sneaker")
 # Button actions (``bot.render.Action``) that store feedback, by the name the metric uses;
 # paging and the page counter are not feedback.
 FEEDBACK_KINDS = {"c": "correct", "w": "wrong", "s": "sneaker", "l": "label", "n": "not_listed"}

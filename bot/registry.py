@@ -10,9 +10,9 @@ reason. Classes the candidate adds are measured on their own test photos and rep
 
 The row with ``is_current`` is the model every bot answers with. Bot processes poll
 ``current_version()`` (one indexed query) every few seconds and swap their
-Predictor when it changes (``ModelWatcher``), so a promotion or a rollback made by a
-worker in another process, or on another machine sharing the database and the
-models path, reaches them without a restart.
+Predictor when it changes (``bot.learning_loop.LearningLoop``), so a promotion or a
+rollback made by a worker in another process, or on another machine sharing the database
+and the models path, reaches them without a restart.
 
 Statuses: ``candidate`` (just registered), ``promoted`` (is or was current),
 ``rejected`` (lost the comparison, with ``reason``), ``retired`` (was current,
@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.settings import Settings
 from bot.store.models import ModelVersion, utcnow
+from bot.store.repositories import ModelVersionRepository
 from ml import model_json  # model.json's one owner (no torch)
 from ml.errors import ModelDirError
 
@@ -182,6 +183,13 @@ class VersionTaken(RuntimeError):
     """Another process made the same version number first (replicas installing the starter together)."""
 
 
+def registry_for(settings: Settings, sessions: sessionmaker[Session]) -> ModelRegistry:
+    """The model registry as the settings configure it (the one way the bot and the worker build it)."""
+    return ModelRegistry(sessions, settings.models_path, tolerance=settings.promotion_tolerance,
+                         class_tolerance=settings.promotion_class_tolerance,
+                         new_class_tolerance=settings.promotion_new_class_tolerance)
+
+
 class ModelRegistry:
     """Model versions in the database, their files under ``models_path``."""
 
@@ -199,18 +207,18 @@ class ModelRegistry:
     def current_version(self) -> int | None:
         """The version every bot should answer with; cheap enough to poll every few seconds."""
         with self._sessions() as session:
-            return session.scalar(select(ModelVersion.version).where(ModelVersion.is_current.is_(True)))
+            return ModelVersionRepository(session).current_version()
 
     def current(self) -> VersionInfo | None:
         """The current version's row, or None when the registry is empty."""
         with self._sessions() as session:
-            row = session.scalar(select(ModelVersion).where(ModelVersion.is_current.is_(True)))
+            row = ModelVersionRepository(session).current()
             return self._info(row) if row else None
 
     def get(self, version: int) -> VersionInfo:
         """One version's row, or ``UnknownVersion``."""
         with self._sessions() as session:
-            row = session.get(ModelVersion, version)
+            row = ModelVersionRepository(session).get(version)
             if row is None:
                 raise UnknownVersion(f"no model version {version}")
             return self._info(row)
@@ -218,8 +226,7 @@ class ModelRegistry:
     def versions(self) -> list[VersionInfo]:
         """All versions, newest first."""
         with self._sessions() as session:
-            rows = session.scalars(select(ModelVersion).order_by(ModelVersion.version.desc()))
-            return [self._info(row) for row in rows]
+            return [self._info(row) for row in ModelVersionRepository(session).newest_first()]
 
     def resolve(self, stored_path: str) -> Path:
         """A stored path made absolute (relative paths are under ``models_path``)."""
@@ -230,7 +237,8 @@ class ModelRegistry:
     def install_starter(self, starter_dir: Path) -> VersionInfo | None:
         """Install the starter model (version 1 in an empty registry) when no version is current; else do nothing.
 
-        It is committed as the current version at once, never as a candidate. Raises ``BadModelDir`` when ``starter_dir`` holds no model.
+        It is committed as the current version at once, never as a candidate. Raises ``BadModelDir`` when
+        ``starter_dir`` holds no model.
         """
         if self.current_version() is not None:
             return None  # a registry whose only rows never served (``failed``) still gets its starter
@@ -255,9 +263,10 @@ class ModelRegistry:
         version = self._next_version()
         target = self._copy_in(Path(model_dir), version)
         with self._sessions.begin() as session:
+            rows = ModelVersionRepository(session)
             if promote_reason is not None:
-                self._retire_current(session, version)
-            session.add(
+                rows.retire_current(keep=version)
+            rows.add(
                 ModelVersion(
                     version=version,
                     path=str(version),
@@ -354,7 +363,7 @@ class ModelRegistry:
         It never becomes current (``rollback`` refuses it) and its number is not reused.
         """
         with self._sessions.begin() as session:
-            row = session.get(ModelVersion, version)
+            row = ModelVersionRepository(session).get(version)
             if row is None or row.status != "candidate":
                 return
             row.status, row.reason = "failed", reason[:2000]
@@ -369,7 +378,7 @@ class ModelRegistry:
         database and models path, as ``close_interrupted_runs`` assumes too).
         """
         with self._sessions() as session:
-            versions = list(session.scalars(select(ModelVersion.version).where(ModelVersion.status == "candidate")))
+            versions = ModelVersionRepository(session).versions_with_status("candidate")
         for version in versions:
             self.fail(version, reason)
         return versions
@@ -396,7 +405,7 @@ class ModelRegistry:
     # --- internals ----------------------------------------------------------
     def _next_version(self) -> int:
         with self._sessions() as session:
-            highest = session.scalar(select(func.max(ModelVersion.version))) or 0
+            highest = ModelVersionRepository(session).highest_version()
         on_disk = [int(p.name) for p in self.models_path.glob("[0-9]*") if p.name.isdigit()]
         return max([highest, *on_disk]) + 1
 
@@ -428,24 +437,17 @@ class ModelRegistry:
 
     def _set_current(self, version: int, *, status: str, reason: str) -> None:
         with self._sessions.begin() as session:
-            self._retire_current(session, version)
-            row = session.get(ModelVersion, version)
+            rows = ModelVersionRepository(session)
+            rows.retire_current(keep=version)
+            row = rows.get(version)
             row.is_current = True
             row.status = status
             row.reason = reason
             row.promoted_at = utcnow()
 
-    @staticmethod
-    def _retire_current(session: Session, version: int) -> None:
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.is_current.is_(True), ModelVersion.version != version)
-            .values(is_current=False, status="retired")
-        )
-
     def _reject(self, version: int, reason: str) -> None:
         with self._sessions.begin() as session:
-            row = session.get(ModelVersion, version)
+            row = ModelVersionRepository(session).get(version)
             row.status = "rejected"
             row.reason = reason
 
@@ -454,7 +456,7 @@ class ModelRegistry:
         new_classes: EvalResult | None = None,
     ) -> None:
         with self._sessions.begin() as session:
-            row = session.get(ModelVersion, version)
+            row = ModelVersionRepository(session).get(version)
             row.metrics = {
                 **(row.metrics or {}),
                 "test": candidate.as_dict(),

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import quote_plus
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.services.identify import Guess, IdentifyResult
 from bot.services.models import ClassInfoLike
+from ml.verdicts import Verdict
 
 PAGE_SIZE = 8
 MAX_CALLBACK_BYTES = 64
@@ -27,8 +29,8 @@ COMMANDS = [
 
 
 # --- callback data -------------------------------------------------------------
-class Action:
-    """The button actions (one letter each, to keep data short)."""
+class Action(StrEnum):
+    """The button actions (one letter each, to keep data short); members are the letters themselves."""
 
     CORRECT = "c"
     WRONG = "w"
@@ -39,19 +41,19 @@ class Action:
     NOOP = "x"  # the page counter
 
 
-ACTIONS = frozenset(v for k, v in vars(Action).items() if not k.startswith("_"))
+ACTIONS = frozenset(Action)
 
 
 @dataclass(frozen=True)
 class Callback:
     """Parsed button data."""
 
-    action: str
+    action: Action
     prediction_id: int
     arg: str | None = None
 
 
-def encode(action: str, prediction_id: int, arg: str | int | None = None) -> str:
+def encode(action: Action, prediction_id: int, arg: str | int | None = None) -> str:
     """Button data for an action on a prediction."""
     data = f"{action}:{prediction_id}" if arg is None else f"{action}:{prediction_id}:{arg}"
     if len(data.encode()) > MAX_CALLBACK_BYTES:
@@ -78,7 +80,7 @@ def parse(data: str | None) -> Callback | None:
         valid = bool(arg)
     else:
         valid = not has_arg
-    return Callback(action, int(pid), arg or None) if valid else None
+    return Callback(Action(action), int(pid), arg or None) if valid else None
 
 
 def _is_decimal(text: str) -> bool:
@@ -122,10 +124,10 @@ def help_text(retention_days: int, max_mb: int, per_minute: int) -> str:
         "How to use me:\n"
         "• Send a clear photo of one sneaker, side view, in good light.\n"
         "• Albums work too: I answer every photo in it, each one as a reply to its photo.\n"
-        "• Files up to {mb} MB, up to {n} photos a minute.\n"
+        f"• Files up to {max_mb} MB, up to {per_minute} photos a minute.\n"
         "• ✅ Correct confirms my first guess; ❌ Wrong lets you pick the right model or type its name.\n"
         "• You can change your answer later; the last one counts.\n\n"
-    ).format(mb=max_mb, n=per_minute) + privacy_text(retention_days)
+    ) + privacy_text(retention_days)
 
 
 def privacy_text(retention_days: int) -> str:
@@ -148,9 +150,9 @@ def guesses_text(guesses: Sequence[Guess]) -> str:
     return "\n".join(f"{i}. {g.display_name} — {percent(g.score)}" for i, g in enumerate(guesses, 1))
 
 
-VERDICT_HEADERS = {
-    "sneaker": "👟 That looks like:",
-    "unsure": "🤔 I'm not sure about this one. My best guesses:",
+VERDICT_HEADERS: dict[str, str] = {
+    Verdict.SNEAKER: "👟 That looks like:",
+    Verdict.UNSURE: "🤔 I'm not sure about this one. My best guesses:",
 }
 NOT_SNEAKER_TEXT = (
     "🙈 This doesn't look like a sneaker to me. Please try a clearer photo: one shoe, "
@@ -160,9 +162,9 @@ NOT_SNEAKER_TEXT = (
 
 def answer_text(result: IdentifyResult) -> str:
     """The reply to a photo."""
-    if result.verdict == "not_sneaker":
+    if result.verdict == Verdict.NOT_SNEAKER:
         return NOT_SNEAKER_TEXT
-    header = VERDICT_HEADERS.get(result.verdict, VERDICT_HEADERS["unsure"])
+    header = VERDICT_HEADERS.get(result.verdict, VERDICT_HEADERS[Verdict.UNSURE])
     return f"{header}\n{guesses_text(result.guesses)}\n\nIs the first one right?"
 
 
@@ -174,7 +176,7 @@ def search_url(template: str, display_name: str) -> str:
 def answer_keyboard(result: IdentifyResult, search_template: str) -> InlineKeyboardMarkup:
     """Correct/Wrong and a search link, or "It is a sneaker" for a not-a-sneaker answer."""
     pid = result.prediction_id
-    if result.verdict == "not_sneaker":
+    if result.verdict == Verdict.NOT_SNEAKER:
         sneaker = InlineKeyboardButton("👟 It is a sneaker", callback_data=encode(Action.SNEAKER, pid))
         return InlineKeyboardMarkup([[sneaker]])
     rows = [[InlineKeyboardButton("✅ Correct", callback_data=encode(Action.CORRECT, pid)),

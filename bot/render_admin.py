@@ -3,21 +3,28 @@
 Kept apart from ``bot/render.py`` (the users' conversation) so the two evolve
 without stepping on each other; the same rules hold: plain functions from values to
 plain text (no parse mode), nothing here touches the database or the network.
+
+The worker's messages arrive as a kind and a JSON payload (``bot.store.models.Notification``);
+``notification`` words them when the bot sends them, so the worker never formats a message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-if TYPE_CHECKING:
-    from scraper.report import ScrapeReport
+from bot.services.retraining import stage_line
+from bot.store.models import NotificationKind
 
+if TYPE_CHECKING:
     from bot.services.admin import StatsView, StatusView
-    from bot.services.retraining import RetrainOutcome
+
+log = logging.getLogger(__name__)
 
 NOT_ALLOWED = "Sorry, this command is not allowed: it is for the bot's admins only."
 FORGED = "This button is not valid any more."
@@ -32,52 +39,97 @@ def _when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def scrape_summary(report: ScrapeReport) -> str:
+# --- the worker's messages (the outbox) ------------------------------------------
+def scrape_summary(payload: Mapping[str, Any]) -> str:
     """After a scrape: "scrape of nike_dunk_low: 78 of 80 stored (2 duplicates)" and what else happened."""
-    text = f"scrape of {report.label}: {report.stored} of {report.found} stored"
-    others = [(report.duplicates, "duplicates"), (report.rejected, "sent to review"),
-              (sum(report.failed.values()), "failed")]
+    text = f"scrape of {payload['label']}: {payload['stored']} of {payload['found']} stored"
+    others = [(payload.get("duplicates", 0), "duplicates"), (payload.get("rejected", 0), "sent to review"),
+              (payload.get("failed", 0), "failed")]
     details = ", ".join(f"{n} {what}" for n, what in others if n)
     if details:
         text += f" ({details})"
-    if report.blocked:
+    if payload.get("blocked"):
         text += "; every source was blocked"
-    return text
+    return text + _retrain_queued(payload)
 
 
-STAGES = {"embedding": "embedding photos", "training": "training the head", "comparing": "comparing with the current model"}
+def scrape_skipped(payload: Mapping[str, Any]) -> str:
+    """A requested scrape that today's download budget did not allow."""
+    return (f"scrape of {payload['label']} skipped: today's budget of {payload['budget']} is used up"
+            + _retrain_queued(payload))
+
+
+def _retrain_queued(payload: Mapping[str, Any]) -> str:
+    return "; retrain queued" if payload.get("retrain_queued") else ""
 
 
 def retrain_stage(stage: str, done: int, total: int) -> str:
-    """A retrain's progress: "retrain: embedding photos 1,200 / 6,129"."""
-    what = STAGES.get(stage, stage)
-    if stage == "comparing":
-        return f"retrain: {what}"
-    if done == 0:
-        return f"retrain: {stage} {total:,} {'photos' if stage == 'embedding' else 'steps'}"
-    return f"retrain: {what} {done:,} / {total:,}"
+    """A retrain's progress: "retrain: embedding photos 1,200 / 6,129" (the line ``/status`` shows too)."""
+    return stage_line(stage, done, total)
 
 
-def retrain_result(outcome: RetrainOutcome) -> str:
-    """After ``/retrain``: promoted or not and why, new classes on their own test photos, the others before → after."""
-    if outcome.decision is None:
-        return f"Retrain skipped: {outcome.skipped or 'nothing to do'}."
-    decision = outcome.decision
-    verdict = "✅ promoted" if decision.promoted else "❌ not promoted"
-    lines = [f"{verdict} v{decision.version}" + (": the bot answers with it now" if decision.promoted else "")]
-    if decision.new_classes is not None:
-        for label, row in sorted(decision.new_classes.per_label.items()):
-            lines.append(f"• new: {label} {_pct(row['recall'])} on its {row['n']} test photos")
-    if decision.current is not None:
+def retrain_result(payload: Mapping[str, Any]) -> str:
+    """After ``/retrain``: promoted or not and why, new classes on their own test photos, the others before → after.
+
+    ``payload`` is ``RetrainOutcome.as_payload()``.
+    """
+    if payload.get("version") is None:
+        return f"Retrain skipped: {payload.get('skipped') or 'nothing to do'}."
+    promoted, version = payload["promoted"], payload["version"]
+    candidate, current = payload["candidate"], payload.get("current")
+    verdict = "✅ promoted" if promoted else "❌ not promoted"
+    lines = [f"{verdict} v{version}" + (": the bot answers with it now" if promoted else "")]
+    for label, row in sorted((payload.get("new_classes") or {}).items()):
+        lines.append(f"• new: {label} {_pct(row['recall'])} on its {row['n']} test photos")
+    if current is not None:
         lines.append(
-            f"• the classes of v{decision.current_version}: top-1 {_pct(decision.current.top1)} → "
-            f"{_pct(decision.candidate.top1)} (top-3 {_pct(decision.current.top3)} → "
-            f"{_pct(decision.candidate.top3)}, the same {decision.candidate.n} test photos)"
+            f"• the classes of v{payload['current_version']}: top-1 {_pct(current['top1'])} → "
+            f"{_pct(candidate['top1'])} (top-3 {_pct(current['top3'])} → "
+            f"{_pct(candidate['top3'])}, the same {candidate['n']} test photos)"
         )
     else:
-        lines.append(f"• test top-1 {_pct(decision.candidate.top1)} on {decision.candidate.n} photos")
-    lines.append(decision.reason)
+        lines.append(f"• test top-1 {_pct(candidate['top1'])} on {candidate['n']} photos")
+    lines.append(payload["reason"])
     return "\n".join(lines)
+
+
+def retrain_failed(payload: Mapping[str, Any]) -> str:
+    """A retrain that failed: why, and that the served model did not change (the job's id first when automatic)."""
+    current = payload.get("current_version")
+    serving = f" Version {current} still answers." if current is not None else ""
+    prefix = f"{payload['job']}: " if payload.get("job") else ""
+    return f"{prefix}Retrain failed: {payload['reason']}.{serving}"
+
+
+def worker_recovered(payload: Mapping[str, Any]) -> str:
+    """The worker cleared what a killed retrain left, at its restart."""
+    current = payload.get("current_version")
+    return (f"The worker restarted after it stopped in the middle of a retrain: {payload['summary']}. "
+            + (f"Version {current} still answers; " if current is not None else "")
+            + "the next retrain starts clean.")
+
+
+NOTIFICATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    NotificationKind.TEXT: lambda payload: str(payload.get("text", "")),
+    NotificationKind.RETRAIN_STAGE: lambda p: retrain_stage(p["stage"], int(p["done"]), int(p["total"])),
+    NotificationKind.RETRAIN_RESULT: retrain_result,
+    NotificationKind.RETRAIN_FAILED: retrain_failed,
+    NotificationKind.SCRAPE_RESULT: scrape_summary,
+    NotificationKind.SCRAPE_SKIPPED: scrape_skipped,
+    NotificationKind.WORKER_RECOVERED: worker_recovered,
+}
+
+
+def notification(kind: str, payload: Mapping[str, Any]) -> str:
+    """The message for one outbox row. A kind this bot does not know yet (a newer worker's) or a payload
+    that does not fit is still sent, as its values: the admin hears of it either way."""
+    render = NOTIFICATIONS.get(kind)
+    if render is not None:
+        try:
+            return render(payload)
+        except (KeyError, TypeError, ValueError):
+            log.exception("notification %s: a payload this bot cannot word: %r", kind, payload)
+    return f"{kind}: {json.dumps(payload, ensure_ascii=False, sort_keys=True)}"
 
 
 def usage(command: str, args: str) -> str:

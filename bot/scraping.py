@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.settings import Settings
 from bot.store.image_sink import DbImageSink
-from bot.store.models import SneakerClass
+from bot.store.repositories import SneakerClassRepository
 from scraper.catalogue import BUILTIN_CATALOGUE, CatalogueEntry, builtin_entry, default_queries
 from scraper.fetch import FetchSettings
 from scraper.pipeline import Classifier, Pipeline, Progress, ScrapeConfig
@@ -57,18 +56,18 @@ def scrape_config(settings: Settings, *, sources: Sequence[str] | None = None) -
 def seed_catalogue(sessions: sessionmaker[Session]) -> int:
     """Add the built-in classes missing from ``sneaker_classes``; admins' edits are kept. Returns how many."""
     with sessions.begin() as session:
-        present = set(session.scalars(select(SneakerClass.label)))
+        catalogue = SneakerClassRepository(session)
+        present = catalogue.labels()
         missing = [entry for entry in BUILTIN_CATALOGUE if entry.label not in present]
-        session.add_all(
-            SneakerClass(label=e.label, display_name=e.display_name, queries=list(e.queries)) for e in missing
-        )
+        for entry in missing:
+            catalogue.add(entry.label, entry.display_name, entry.queries)
     return len(missing)
 
 
 def catalogue_entry(sessions: sessionmaker[Session], label: str) -> CatalogueEntry | None:
     """The class as admins left it in the database, else the built-in one, else None."""
     with sessions() as session:
-        row = session.get(SneakerClass, label)
+        row = SneakerClassRepository(session).get(label)
         if row is not None:
             return CatalogueEntry(row.label, row.display_name, tuple(row.queries or default_queries(label)))
     return builtin_entry(label)

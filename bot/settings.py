@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTER_MODEL_DIR = REPO_ROOT / "models" / "starter"
@@ -187,6 +186,6 @@ class Settings(BaseSettings):
             path.mkdir(parents=True, exist_ok=True)
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """Build the settings; entry points call this once and pass the object down."""
     return Settings(**overrides)

@@ -14,7 +14,6 @@ failed calls and downloads are tried again, and why a send whose answer was lost
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,7 +50,10 @@ def http_backend(name: str) -> Callable[[RequestFactory], RequestFactory]:
 
 
 def make_request(backend: str, options: HttpOptions) -> BaseRequest:
-    """A request object of the named backend (under ``options.retry``, if set); unknown names fail with the valid ones."""
+    """A request object of the named backend (under ``options.retry``, if set).
+
+    Unknown names fail with the valid ones.
+    """
     try:
         factory = HTTP_BACKENDS[backend]
     except KeyError:
@@ -131,7 +133,7 @@ class AiohttpRequest(BaseRequest):
             async with self._session.request(method, url, data=_body(request_data), timeout=timeout,
                                              headers={"User-Agent": self.USER_AGENT}) as response:
                 return response.status, await response.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc

@@ -108,7 +108,10 @@ def may_have_arrived(error: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """The bounds (``bot.settings``: ``telegram_retries``, ``telegram_retry_backoff_s``, ``telegram_max_retry_after_s``)."""
+    """The bounds.
+
+    From ``bot.settings``: ``telegram_retries``, ``telegram_retry_backoff_s``, ``telegram_max_retry_after_s``.
+    """
 
     retries: int = 3  # extra attempts after a failure that may be retried
     backoff: float = 0.5  # seconds before the first retry; doubles for each next one

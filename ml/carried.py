@@ -16,12 +16,13 @@ float ones for all but a handful of photos (the figure is in ``model.json``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ml.atomic import atomic_path
 
 CARRIED_FILE = "carried.npz"
 COLUMNS = ["sha1", "label", "split", "view", "footwear"]
@@ -83,19 +84,11 @@ class Carried:
         """
         q, lo, step = quantize(self.feats)
         path = Path(model_dir) / CARRIED_FILE
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(
-                    handle, q=q, lo=lo, step=step, footwear=self.frame["footwear"].to_numpy(np.float16),
-                    **{name: np.asarray(self.frame[name].astype(str).tolist(), dtype=str)
-                       for name in ("sha1", "label", "split", "view")})
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle, q=q, lo=lo, step=step, footwear=self.frame["footwear"].to_numpy(np.float16),
+                **{name: np.asarray(self.frame[name].astype(str).tolist(), dtype=str)
+                   for name in ("sha1", "label", "split", "view")})
         return CARRIED_FILE
 
     @classmethod

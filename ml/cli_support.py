@@ -34,7 +34,7 @@ def predict_paths(predictor, paths: Iterable[Path], *, k: int = 3, batch_size: i
             rows.append({"path": str(path), "error": str(exc)})
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
-        for (path, _), prediction in zip(chunk, predictor.predict([img for _, img in chunk], k=k)):
+        for (path, _), prediction in zip(chunk, predictor.predict([img for _, img in chunk], k=k), strict=False):
             rows.append({"path": str(path), **prediction.to_dict()})
     order = {str(p): i for i, p in enumerate(expand_paths(paths))}
     return sorted(rows, key=lambda row: order.get(row["path"], 0))

@@ -42,7 +42,10 @@ def multiply_adds(module: nn.Module, run: Callable[[], object]) -> int:
 
 
 def dense_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
-    """This machine's best float32 matrix-multiply rate in GFLOP/s (2 flops per multiply-add), on ``threads`` threads."""
+    """This machine's best float32 matrix-multiply rate in GFLOP/s, on ``threads`` threads.
+
+    Counts 2 flops per multiply-add.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

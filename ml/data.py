@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 

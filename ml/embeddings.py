@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
+from ml.atomic import atomic_path, remove_stale
 from ml.backbones import Backbone, Preprocessing
 from ml.data import load_or_blank
 from ml.model import IMAGENET_FOOTWEAR
@@ -47,7 +48,7 @@ class EmbeddingStore:
         self.items: dict[str, tuple[np.ndarray, float]] = {}
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
-                for sha, feat, fw in zip(data["sha1"], data["feats"], data["footwear"]):
+                for sha, feat, fw in zip(data["sha1"], data["feats"], data["footwear"], strict=False):
                     self.items[str(sha)] = (feat, float(fw))
         self.dirty = False
 
@@ -71,29 +72,13 @@ class EmbeddingStore:
         """
         if not self.dirty:
             return
-        import os
-        import time
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        leftovers = [*self.path.parent.glob(f".{self.path.stem}.*.tmp.npz"), self.path.with_suffix(".tmp.npz")]
-        for stale in leftovers:
-            try:  # a save killed midway (older than any save takes)
-                if time.time() - stale.stat().st_mtime > 3600:
-                    stale.unlink(missing_ok=True)
-            except OSError:
-                pass
-        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
+        directory = self.path.parent
+        remove_stale(directory, f".{self.path.stem}.*.tmp.npz")  # also the names of earlier versions
+        remove_stale(directory, self.path.with_suffix(".tmp.npz").name)
         shas = list(self.items)
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, sha1=np.array(shas), feats=np.stack([self.items[s][0] for s in shas]),
-                         footwear=np.array([self.items[s][1] for s in shas], dtype=np.float32))
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, sha1=np.array(shas), feats=np.stack([self.items[s][0] for s in shas]),
+                     footwear=np.array([self.items[s][1] for s in shas], dtype=np.float32))
         self.dirty = False
 
 
@@ -129,6 +114,7 @@ def compute_features(backbone: Backbone, images: list[Image.Image], transform,
     batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
     if backbone.has_imagenet_head:
         feats, logits = backbone.features_and_imagenet(batch)
+        assert logits is not None  # has_imagenet_head
         footwear = footwear_from_logits(logits).numpy()
     else:
         feats, footwear = backbone(batch), np.full(len(images), np.nan, dtype=np.float32)
@@ -142,7 +128,7 @@ def embed_frame(backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, vi
     backbone.eval().to(memory_format=torch.channels_last)  # ~3x faster depthwise convs on CPU
     key = cache_key(backbone, prep, weights_tag)
     root = Path(cache_dir) / "embeddings" / key if cache_dir else None
-    paths = dict(zip(frame["sha1"], frame["path"]))
+    paths = dict(zip(frame["sha1"], frame["path"], strict=False))
     out = {}
     for view in views:
         store = EmbeddingStore(root / f"{view}.npz") if root else EmbeddingStore(Path("/nonexistent/x.npz"))
@@ -154,7 +140,7 @@ def embed_frame(backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, vi
             images = [load_or_blank(paths[s]) for s in chunk]
             seeds = None if view in ("center", "flip") else [seed_for(s, view) for s in chunk]
             feats, footwear = compute_features(backbone, images, transform, seeds)
-            for sha, feat, fw in zip(chunk, feats, footwear):
+            for sha, feat, fw in zip(chunk, feats, footwear, strict=False):
                 store.put(sha, feat, fw)
             bar.update(len(chunk))
             if root and start and start % (batch_size * 20) == 0:

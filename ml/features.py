@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,7 @@ class _FeaturesGraph(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backbone.has_imagenet_head:
             feats, logits = self.backbone.features_and_imagenet(x)
+            assert logits is not None  # has_imagenet_head
             return feats, footwear_from_logits(logits)
         feats = self.backbone(x)
         return feats, torch.full((x.shape[0],), float("nan"))
@@ -77,12 +79,12 @@ class FeatureExtractor:
         self.prep = artifacts.model_info(self.model_dir, self.meta).preprocessing
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession, made on first use
 
     def embed(self, frame: pd.DataFrame, views: Sequence[str], *,
               progress: Progress | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{view: (features [N, D], footwear [N])} aligned with ``frame`` (columns sha1, path)."""
-        paths = dict(zip(frame["sha1"], frame["path"]))
+        paths = dict(zip(frame["sha1"], frame["path"], strict=False))
         out = {}
         for view in views:
             store = EmbeddingStore(self.cache_dir / "embeddings" / self.key / f"{view}.npz")
@@ -105,7 +107,7 @@ class FeatureExtractor:
                     torch.manual_seed(seed_for(sha, view))
                 tensors.append(transform(load_or_blank(paths[sha])))
             feats, footwear = self._run(torch.stack(tensors).numpy())
-            for sha, feat, fw in zip(chunk, feats, footwear):
+            for sha, feat, fw in zip(chunk, feats, footwear, strict=False):
                 store.put(sha, feat, fw)
             if start // self.batch_size % 20 == 19:
                 store.save()

@@ -11,7 +11,7 @@ import logging
 import shutil
 import tempfile
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,6 @@ from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
 from ml.plots import plot_confusion, plot_curves, plot_examples
 from ml.transforms import eval_transform
 from ml.verdicts import known_level
-
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
     meta = {
         "format_version": artifacts.FORMAT_VERSION,
         "version": None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": {"name": cfg.backbone, "finetuned": finetuned, **backbone.finetune_state(),
                      "feature_dim": backbone.feature_dim},
         "preprocessing": prep.to_dict(),
@@ -176,7 +175,8 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
     pick = np.sort(np.random.default_rng(cfg.seed).choice(len(part), min(len(part), EXAMPLES), replace=False))
     plot_examples(list(part["path"].iloc[pick]), [classes[i] for i in y[pick]], [classes[i] for i in pred[pick]],
                   list(probs[pick].max(1)), out / "plots" / "audit.png",
-                  title="set aside by the label audit: this model's answer (red: not the folder's label)", truth="folder")
+                  title="set aside by the label audit: this model's answer (red: not the folder's label)",
+                  truth="folder")
     return {"images": len(part), "model_agrees_with_folder": int((pred == y).sum())}
 
 
@@ -248,8 +248,10 @@ def _onnx_check(out: Path, net: SneakerNet, prep: Preprocessing, val: pd.DataFra
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         got = _served_onnx_outputs(net, batch.numpy(), out / onnx_file if onnx_file else None, Path(tmp), prep.size,
                                    centroids)
-    return {"images": int(len(batch)), "max_abs_diff": {name: float(np.abs(a - b).max()) for name, a, b in
-                                                        zip(("probs", "embedding", "footwear"), expected, got)}}
+    names = ("probs", "embedding", "footwear")
+    return {"images": int(len(batch)),
+            "max_abs_diff": {name: float(np.abs(a - b).max())
+                             for name, a, b in zip(names, expected, got, strict=False)}}
 
 
 def _served_onnx_outputs(net: SneakerNet, batch: np.ndarray, shipped: Path | None, tmp: Path,
@@ -300,7 +302,8 @@ def write_readme(out: Path, meta: dict) -> Path:
                   f"chooses among all {len(meta['classes'])} classes; {sub['top1_restricted_to_subset']:.1%} when "
                   f"its answer is restricted to those classes (the original project's 5-class setting).", ""]
     if "verdicts" in test:
-        lines += ["Verdicts on test (all are sneakers): " + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()),
+        lines += ["Verdicts on test (all are sneakers): "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()),
                   ""]
     lines += ["Plots: `plots/curves.png`, `plots/confusion.png`, `plots/examples.png` (wrong answers in red)"
               + (", `plots/audit.png` (the photos the label audit set aside)." if meta["data"].get("audit_review")
@@ -341,7 +344,8 @@ def train_command(cfg: dict) -> str:
     if cfg.get("trainable_stages"):
         parts += ["--trainable-stages", str(cfg["trainable_stages"])]
     if cfg["mode"] == "head":
-        parts += ["--aug-views", str(cfg.get("aug_views", 2))] + ([] if cfg.get("flip_view", True) else ["--no-flip-view"])
+        parts += ["--aug-views", str(cfg.get("aug_views", 2))]
+        parts += [] if cfg.get("flip_view", True) else ["--no-flip-view"]
     if cfg.get("exclude_file"):
         parts += ["--exclude", cfg["exclude_file"]]
     return " ".join(parts)

@@ -56,7 +56,7 @@ class FootwearDetector:
                image_size: int | None = None, cache_dir: Path | str | None = None,
                threads: int | None = 1) -> FootwearDetector:
         """Build (or reuse from ``cache_dir``) the ONNX graph of ``backbone``'s footwear score."""
-        from ml.onnx_export import onnx_session
+        from ml.onnx_export import export_module, onnx_session
         from ml.predictor import default_cache_dir
 
         probe = create_backbone(backbone, pretrained=False)
@@ -65,8 +65,9 @@ class FootwearDetector:
         prep = probe.preprocessing.with_size(image_size or probe.preprocessing.size)
         path = Path(cache_dir or default_cache_dir()) / f"footwear-{backbone}-{prep.size}-{prep.resize}.onnx"
         if not path.is_file():
-            net = _FootwearNet(create_backbone(backbone, pretrained=True)).eval()
-            _export(net, path, prep.size)
+            net = _FootwearNet(create_backbone(backbone, pretrained=True))
+            export_module(net, prep.size, ["footwear"], path)  # the one exporter: atomic, dynamic batch
+            log.info("built the footwear detector graph %s", path)
         return cls(onnx_session(path, threads), eval_transform(prep), threshold, backbone)
 
     def score(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
@@ -80,19 +81,3 @@ class FootwearDetector:
     def is_footwear(self, image: ImageSource) -> bool:
         """True when the score reaches the threshold (the scraper's classifier callable)."""
         return bool(self.score([image])[0] >= self.threshold)
-
-
-def _export(net: nn.Module, path: Path, size: int) -> Path:
-    import os
-    import warnings
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["images"],
-                          output_names=["footwear"], dynamic_axes={"images": {0: "batch"}, "footwear": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    tmp.replace(path)
-    log.info("built the footwear detector graph %s", path)
-    return path

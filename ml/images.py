@@ -80,14 +80,20 @@ def _decode(source: Path | str | bytes, max_pixels: int) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white."""
+    """RGB, with any transparency composited on white, 16-bit images scaled to 8 bits.
+
+    Why the scaling: Pillow's own conversion of a 16-bit image clips every value above 255,
+    which turns a 16-bit PNG or TIFF photo white.
+    """
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "I;16" or image.mode == "I":
+    if image.mode.startswith("I;16"):  # also the big- and little-endian TIFF layouts, I;16B and I;16L
+        image = image.convert("I")
+    if image.mode == "I":
         image = image.point(lambda v: v / 256).convert("L")
     return image.convert("RGB") if image.mode != "RGB" else image
 

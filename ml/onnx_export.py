@@ -6,7 +6,6 @@ Opening and running a graph is ``ml.onnx_runtime`` (no torch); its names are re-
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ml.atomic import write_atomically
 from ml.model import SneakerNet
 from ml.onnx_runtime import (  # noqa: F401 - re-exported: running a graph needs no torch (``ml.onnx_runtime``)
     CLASSIFY_OUTPUTS,
@@ -147,26 +147,9 @@ def _export(module: torch.nn.Module, dummy: torch.Tensor, inputs: list[str], out
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """``write`` into a temporary file beside ``path``, then move it into place (no half-written graph).
 
-    The temporary file is this process's own; any failure (a full disk) removes it, and the
-    leftover of an export killed midway is removed by the next export of the same graph.
+    ``ml.atomic``: any failure (a full disk) removes the temporary file, and the leftover of an
+    export killed midway is removed by the next export of the same graph.
     """
-    import time
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        try:  # older than any export takes: its process is gone
-            if time.time() - stale.stat().st_mtime > 3600:
-                stale.unlink(missing_ok=True)
-        except OSError:
-            pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")  # processes in containers share pids
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, write, clear_stale=True)
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

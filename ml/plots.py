@@ -71,7 +71,7 @@ def plot_examples(paths: Sequence[str], true: Sequence[str], predicted: Sequence
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.2))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
-    for ax, p, t, pr, s in zip(np.atleast_1d(axes).ravel(), paths, true, predicted, scores):
+    for ax, p, t, pr, s in zip(np.atleast_1d(axes).ravel(), paths, true, predicted, scores, strict=False):
         with Image.open(p) as im:
             ax.imshow(im.convert("RGB"))
         wrong = t != pr

@@ -98,6 +98,7 @@ class Predictor:
         info = model_json.model_info(model_dir, meta)
         classes = model_json.classes_of(meta)
         centroids = model_json.load_centroids(model_dir, meta)
+        runner: _OnnxRunner | _TorchRunner
         if backend == "onnx":
             path, gated = _onnx_path(model_dir, meta, Path(cache_dir) if cache_dir else default_cache_dir(), info,
                                      centroids)
@@ -175,11 +176,11 @@ class Predictor:
             empty = np.zeros(0, np.float32)
             return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), empty, \
                 (empty if self._centroids is not None else None)
-        probs, embedding, footwear, familiarity = zip(*outs)
+        probs, embedding, footwear, familiarity = zip(*outs, strict=False)
         return (np.concatenate(probs), np.concatenate(embedding), np.concatenate(footwear),
                 None if familiarity[0] is None else np.concatenate(familiarity))
 
-    def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float, verdict: str,
+    def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float | None, verdict: str,
                     familiarity: float | None, k: int) -> Prediction:
         order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
         top = [Guess(self.classes[i].label, self.classes[i].display_name, float(probs[i])) for i in order]

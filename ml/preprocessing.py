@@ -75,7 +75,7 @@ class EvalArrayTransform:
         self.offset = (-np.array(prep.mean, dtype=np.float32) / std).astype(np.float32)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        image = image.resize(self._resized(image.size), Image.BILINEAR)
+        image = image.resize(self._resized(image.size), Image.Resampling.BILINEAR)
         width, height = image.size
         top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
         image = image.crop((left, top, left + self.size, top + self.size))

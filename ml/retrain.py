@@ -30,7 +30,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +275,7 @@ def write_candidate(base_dir: Path, meta: dict, out: Path, head: Classifier, cla
         staging.mkdir(parents=True)
         files = _write_files(base_dir, meta, staging, head, centroids, data)
         new_meta = {
-            **meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": None,
+            **meta, "created": datetime.now(UTC).isoformat(timespec="seconds"), "version": None,
             "classes": [{"label": c, "display_name": names.get(c) or artifacts.display_name(c)} for c in classes],
             "thresholds": thresholds, "metrics": metrics, "history": history, "files": files,
             "config": _config(cfg, settings, classes, meta),
@@ -391,7 +391,7 @@ def _plots(out: Path, history: list[dict], test: tuple, classes: list[str], data
     pred = probs.argmax(1)
     plot_confusion(y, pred, classes, out / "plots" / "confusion.png", "head retrain: test")
     test_rows = data.select(split="test", view="center").frame
-    paths = dict(zip(frame["sha1"], frame["path"]))
+    paths = dict(zip(frame["sha1"], frame["path"], strict=False))
     pick = [i for i, sha in enumerate(test_rows["sha1"]) if sha in paths and Path(paths[sha]).is_file()][:EXAMPLES]
     if pick:
         plot_examples([paths[test_rows["sha1"][i]] for i in pick], [classes[y[i]] for i in pick],

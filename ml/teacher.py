@@ -70,7 +70,10 @@ def student_view(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
-    """KL(teacher || student) on softened answers, scaled by T^2 so its gradients match cross-entropy's (Hinton et al.)."""
+    """KL(teacher || student) on softened answers.
+
+    Scaled by T^2 so its gradients match cross-entropy's (Hinton et al.).
+    """
     t = temperature
     return nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=1),
                                 nn.functional.log_softmax(teacher / t, dim=1),

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ml.atomic import atomic_path
 from ml.backbones import Backbone, create_backbone
 from ml.config import DEFAULT_TRAINABLE, MODES, TrainConfig  # noqa: F401 - the public names of a run
 from ml.data import (
@@ -285,8 +286,9 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
+    pct_start = min(0.3, max(1.0 / max(cfg.epochs, 1), 2.0 / max(steps, 1)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(steps, 1),
-                                                    pct_start=min(0.3, max(1.0 / max(cfg.epochs, 1), 2.0 / max(steps, 1))))
+                                                    pct_start=pct_start)
     history: list[dict] = []
     start_epoch, best_acc, stale = 0, -1.0, 0
     if state is not None:
@@ -323,13 +325,14 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
                  epoch + 1, cfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], va["top3"],
                  time.time() - t0, " *" if improved else "")
         if improved:
-            torch.save({"model": model.state_dict(), "epoch": epoch, "val_acc": va["acc"]}, best_path)
+            with atomic_path(best_path) as tmp:
+                torch.save({"model": model.state_dict(), "epoch": epoch, "val_acc": va["acc"]}, tmp)
         checkpoint = {"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state(),
                       "history": history, "best_acc": best_acc, "stale": stale, "epoch": epoch,
                       "classes": classes}
-        torch.save(checkpoint, ckpt_dir / "last.tmp")
-        (ckpt_dir / "last.tmp").replace(last_path)
+        with atomic_path(last_path) as tmp:  # a run killed while saving resumes from the previous epoch
+            torch.save(checkpoint, tmp)
         (out / "history.json").write_text(json.dumps(history, indent=1))
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import numpy as np
 
-VERDICTS = ("sneaker", "unsure", "not_sneaker")
+
+class Verdict(StrEnum):
+    """What the bot answers about a photo; members are the strings stored and shown in metrics."""
+
+    SNEAKER = "sneaker"  # a confident answer
+    UNSURE = "unsure"  # guesses, flagged as unsure
+    NOT_SNEAKER = "not_sneaker"  # the footwear score says it is not a shoe
+
+
+VERDICTS = tuple(v.value for v in Verdict)  # plain strings: keys of metrics files
 
 # Familiarity from which a photo counts as a sneaker the model knows, whatever the model's own
 # ``familiar`` threshold. On the 160, 192 and 224 px starter models no view of the non-sneaker
@@ -44,12 +55,12 @@ def verdicts(probs: np.ndarray, footwear: np.ndarray, thresholds: dict,
     is judged on its confidence alone: its footwear score is not consulted (NaN when skipped).
     """
     top1 = probs.max(1)
-    out = np.where(top1 >= thresholds["unsure"], "sneaker", "unsure").astype(object)
+    out = np.where(top1 >= thresholds["unsure"], Verdict.SNEAKER.value, Verdict.UNSURE.value).astype(object)
     with np.errstate(invalid="ignore"):
         low = (footwear < thresholds["footwear"]) & ~known_sneaker(familiarity, thresholds, len(probs))
     if familiarity is not None and thresholds.get("familiar") is not None:
         rescued = low & (familiarity >= thresholds["familiar"])
-        out[rescued] = "unsure"
+        out[rescued] = Verdict.UNSURE.value
         low &= ~rescued
-    out[low] = "not_sneaker"
+    out[low] = Verdict.NOT_SNEAKER.value
     return out

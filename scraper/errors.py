@@ -2,9 +2,17 @@
 
 Third-party errors (requests, PIL, selenium) are mapped to these at the boundary,
 so the pipeline can count failures by ``reason`` without knowing any library.
+
+The kinds of unusable image are ``ml.errors``'s (``ml`` owns decoding, ``ml.images``, and
+knows nothing of the scraper): the scraper's image errors subclass them, adding the
+``reason`` the report counts and membership in ``ScraperError``. So ``except BadImage``
+or ``except ml.errors.CorruptImage`` catch the scraper's too, and ``except ScraperError``
+still catches every scraper failure.
 """
 
 from __future__ import annotations
+
+from ml import errors as ml_errors
 
 
 class ScraperError(Exception):
@@ -59,7 +67,7 @@ class TooLarge(FetchError):
     reason = "too_large"
 
 
-class NotAnImage(FetchError):
+class NotAnImage(FetchError, ml_errors.NotAnImage):
     """The body's first bytes are not any known image format, whatever the headers say."""
 
     reason = "not_image"
@@ -77,25 +85,25 @@ class RefusedAddress(FetchError):
     reason = "private_address"
 
 
-class ImageError(ScraperError):
+class ImageError(ScraperError, ml_errors.BadImage):
     """Downloaded bytes that cannot be used as a training image."""
 
     reason = "bad_image"
 
 
-class CorruptImage(ImageError):
-    """The image does not decode fully."""
+class CorruptImage(ImageError, ml_errors.CorruptImage):
+    """The image does not decode fully (or Pillow cannot tell what it is, though its first bytes passed the sniff)."""
 
     reason = "corrupt"
 
 
-class ImageTooSmall(ImageError):
+class ImageTooSmall(ImageError, ml_errors.ImageTooSmall):
     """The image's shorter side is below the configured minimum."""
 
     reason = "too_small"
 
 
-class ImageTooManyPixels(ImageError):
+class ImageTooManyPixels(ImageError, ml_errors.ImageTooLarge):
     """The image has more pixels than we are willing to decode (decompression bomb)."""
 
     reason = "too_many_pixels"

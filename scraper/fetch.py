@@ -18,15 +18,22 @@ whatever came back:
   (``http://127.0.0.1\\@example.com/`` is example.com to one, 127.0.0.1 to the
   other); IPv6 addresses that carry an IPv4 one (mapped, NAT64, 6to4,
   IPv4-compatible) are judged by the IPv4 address;
-- a connect timeout and a total deadline per attempt; the body is read with
-  ``read1`` so the deadline is checked after every socket read, and a server
-  that trickles bytes cannot keep us forever;
+- a connect timeout and one deadline per download (every hop, retry and wait);
+  the body is read with ``read1`` so the deadline is checked after every socket
+  read, and a server that trickles bytes cannot keep us forever;
 - ``Content-Length`` and the bytes actually read are both capped at ``max_bytes``;
 - content sniffing: the first bytes must be a known image format, whatever the
   URL's extension or the ``Content-Type`` say;
-- retries with exponential backoff for connection errors, 429 and 5xx only
-  (a timeout is not retried: a host that hung once usually hangs again);
-- a per-host delay between request starts, so parallel workers stay polite.
+- retries by urllib3's ``Retry`` on the session's adapter (``BoundedRetry``): connection
+  errors, 429 and 5xx, GET only, with exponential backoff, waiting as long as a 429 or 503
+  says in ``Retry-After``. Bounded: a wait that would end past the download's deadline is
+  not taken (the answer is reported as it is), a timeout is not retried (a host that hung
+  once usually hangs again), and the body of an answer about to be retried is never read
+  (the connection is closed: a 503 with an endless body cannot hold us). A redirect hop is
+  its own request with its own retries; a failure while reading the image's body, or in
+  the address check's own name resolution, is not retried;
+- a per-host delay between request starts, so parallel workers stay polite (a retry
+  inside urllib3 waits its backoff or ``Retry-After`` instead).
 
 Known limit: the address check resolves the name before requests does, so a DNS
 answer that changes between the two (rebinding) is not caught.
@@ -40,11 +47,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from scraper.errors import (
     ConnectionFailed,
@@ -73,8 +84,8 @@ class FetchSettings:
     connect_timeout_s: float = 5.0
     max_bytes: int = 15 * 1024 * 1024
     allow_private: bool = False
-    retries: int = 2
-    backoff_s: float = 0.5
+    retries: int = 2  # extra attempts after a connection error, 429 or 5xx
+    backoff_s: float = 0.5  # urllib3's backoff factor: the first retry at once, then 2x, 4x... this
     host_delay_s: float = 0.2
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
@@ -112,7 +123,7 @@ def sniff_image(head: bytes) -> str | None:
 def resolve_host(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to; failures become ``ConnectionFailed``."""
     try:
-        return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
     except (OSError, UnicodeError) as exc:
         raise ConnectionFailed(f"cannot resolve {host}: {exc}") from exc
 
@@ -174,6 +185,85 @@ class HostThrottle:
             time.sleep(slot - now)
 
 
+class Deadline:
+    """When the download under way must end (``time.monotonic``); each thread's session has one."""
+
+    at: float = float("inf")
+
+
+class BoundedRetry(Retry):
+    """urllib3's ``Retry`` held to one download's deadline, never retrying a timeout.
+
+    Why a subclass: the retry counts, backoff and ``Retry-After`` parsing are urllib3's, but
+    three of our bounds are not in its options. A wait (backoff or ``Retry-After``) that
+    would end past the deadline gives up instead, so the server's last answer is reported
+    (a 429 asking for an hour is a 429 now, not an hour's sleep). A timeout is raised, not
+    retried. And an answer about to be retried is closed unread, because urllib3 would
+    otherwise read its body to the end before retrying, with no limit on size or time.
+    """
+
+    # 413 (which urllib3 also honours Retry-After for) is not a GET's problem.
+    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+    deadline: Deadline
+
+    @classmethod
+    def for_settings(cls, settings: FetchSettings, deadline: Deadline) -> BoundedRetry:
+        """The retry policy of ``settings``, held to ``deadline``."""
+        retry = cls(
+            total=settings.retries,
+            redirect=False,  # redirects come back to ``fetch``, which checks every hop
+            status_forcelist=frozenset({429, *range(500, 600)}),
+            allowed_methods=frozenset({"GET"}),
+            backoff_factor=settings.backoff_s,
+            respect_retry_after_header=True,
+            raise_on_status=False,  # the last 429/5xx comes back as a response: ``HTTPStatusError``
+        )
+        retry.deadline = deadline
+        return retry
+
+    def new(self, **kw: object) -> BoundedRetry:
+        """urllib3 makes a new ``Retry`` per attempt: it keeps the same deadline."""
+        retry = super().new(**kw)
+        retry.deadline = self.deadline
+        return retry
+
+    def get_retry_after(self, response: urllib3.BaseHTTPResponse) -> float | None:
+        """Seconds a ``Retry-After`` asks for; None for one no one can read (urllib3 raises): the backoff applies."""
+        try:
+            return super().get_retry_after(response)
+        except urllib3.exceptions.InvalidHeader:
+            return None
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: urllib3.BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: urllib3.connectionpool.ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> BoundedRetry:
+        """urllib3's count, then our bounds (see the class)."""
+        if _is_timeout(error):
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error  # type: ignore[arg-type]
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        wait = retry.get_retry_after(response) if response is not None else None
+        if not wait:  # what ``Retry.sleep`` does: Retry-After when it asks for a wait, else the backoff
+            wait = retry.get_backoff_time()
+        if time.monotonic() + wait >= self.deadline.at:
+            reason = error or urllib3.exceptions.ResponseError(f"a retry in {wait:.1f}s would pass the deadline")
+            raise urllib3.exceptions.MaxRetryError(_pool, url, reason)  # type: ignore[arg-type]
+        if response is not None:
+            response.close()  # urllib3 would read the whole body before retrying
+        return retry
+
+
+def _is_timeout(error: Exception | None) -> bool:
+    """A connect or read timeout (urllib3's ``NewConnectionError``, refused or unresolved, is one by inheritance)."""
+    timeouts = (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)
+    return isinstance(error, timeouts) and not isinstance(error, urllib3.exceptions.NewConnectionError)
+
+
 class Fetcher:
     """Thread-safe downloader; call ``fetch`` from any number of worker threads."""
 
@@ -186,19 +276,11 @@ class Fetcher:
         self._sessions_lock = threading.Lock()
 
     def fetch(self, url: str) -> Download:
-        """Download one image with retries; raises a ``FetchError`` subclass."""
-        attempts = self._settings.retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._fetch_once(url)
-            except (ConnectionFailed, HTTPStatusError) as exc:
-                if attempt == attempts - 1 or not _is_retryable(exc):
-                    raise
-                time.sleep(self._settings.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Download one image; raises a ``FetchError`` subclass.
 
-    def _fetch_once(self, url: str) -> Download:
-        """One attempt: follow redirects by hand so every hop is checked."""
+        Redirects are followed by hand so every hop is checked; the session's adapter
+        retries each request (``BoundedRetry``), all within one deadline.
+        """
         deadline = time.monotonic() + self._settings.timeout_s
         current, seen = url, {url}
         for _ in range(self._settings.max_redirects + 1):
@@ -240,8 +322,10 @@ class Fetcher:
         """Start the request (headers only); map requests' errors to ours."""
         remaining = max(0.01, deadline - time.monotonic())
         timeout = (min(self._settings.connect_timeout_s, remaining), remaining)
+        session = self._session()
+        self._local.deadline.at = deadline  # this thread's session, this thread's download
         try:
-            return self._session().get(url, stream=True, allow_redirects=False, timeout=timeout)
+            return session.get(url, stream=True, allow_redirects=False, timeout=timeout)
         except requests.RequestException as exc:
             raise _map_error(exc, url) from exc
         except ValueError as exc:  # even without following, requests parses a Location ("http://[::1" raises)
@@ -273,6 +357,10 @@ class Fetcher:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            self._local.deadline = Deadline()
+            adapter = HTTPAdapter(max_retries=BoundedRetry.for_settings(self._settings, self._local.deadline))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             # identity: the size cap and the sniffing apply to the bytes as sent, no decompression surprises.
             session.headers.update(
                 {"User-Agent": self._settings.user_agent, "Accept": "image/*,*/*;q=0.8", "Accept-Encoding": "identity"}
@@ -351,13 +439,6 @@ def _sniff_or_raise(head: bytes, url: str) -> str:
     return kind
 
 
-def _is_retryable(exc: FetchError) -> bool:
-    """Connection failures, rate limits and server errors may pass on a second try."""
-    if isinstance(exc, HTTPStatusError):
-        return exc.status == 429 or exc.status >= 500
-    return isinstance(exc, ConnectionFailed)
-
-
 def _map_error(exc: Exception, url: str) -> FetchError:
     """requests/urllib3 errors to our hierarchy; timeouts hide inside ConnectionError too."""
     text = f"{url}: {exc}"
@@ -366,6 +447,10 @@ def _map_error(exc: Exception, url: str) -> FetchError:
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
         return FetchTimeout(text)
     cause = exc.args[0] if exc.args else None
+    if isinstance(cause, urllib3.exceptions.MaxRetryError):  # what BoundedRetry gave up on
+        cause = cause.reason
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError by inheritance only
+        return ConnectionFailed(text)
     if isinstance(cause, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
         return FetchTimeout(text)
     if isinstance(exc, requests.TooManyRedirects):

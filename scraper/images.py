@@ -1,8 +1,10 @@
 """Turning downloaded bytes into a clean RGB image, or saying precisely why not.
 
-Every image is decoded fully (a truncated JPEG only fails on the last rows), its
-EXIF orientation applied, transparency composited on white, and it is stored as
-an RGB JPEG: what the training data reader expects, whatever the site served.
+Every image is decoded fully (a truncated JPEG only fails on the last rows) by
+``ml.images.open_image``, the decoder the bot serves photos with: EXIF orientation applied,
+transparency composited on white, palette, CMYK and 16-bit images converted the same way,
+so a scraped training photo is prepared as a photo the model is later shown. It is stored
+as an RGB JPEG: what the training data reader expects, whatever the site served.
 
 Near-duplicates are judged on two hashes kept in one string, ``"<phash>:<colour>"``
 (see ``image_hash``): the 64-bit pHash says "same picture structure", the colour
@@ -15,28 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import warnings
 from dataclasses import dataclass
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from scraper.errors import CorruptImage, ImageTooManyPixels, ImageTooSmall
-
-try:  # HEIC/AVIF support when the plugin is installed; the pipeline works without it.
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-except ImportError:  # pragma: no cover
-    pass
+from ml import errors as ml_errors
+from ml.images import MAX_PIXELS, open_image
+from scraper.errors import CorruptImage, ImageError, ImageTooManyPixels, ImageTooSmall
 
 JPEG_QUALITY = 92
-# What Pillow's plugins raise on bytes that look like an image but are not a valid one (the same
-# list as ``ml.images``): Image.open lets OSError through, and header readers fail in many ways.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
-                  TypeError, ZeroDivisionError, OverflowError, RuntimeError)
 
 HASH_SEPARATOR = ":"
 PHASH_BITS = 64  # imagehash.phash's default 8x8
@@ -80,43 +71,29 @@ class CleanImage:
         return self.image.size
 
 
-def decode_image(data: bytes, *, min_side: int, max_pixels: int = 40_000_000) -> Image.Image:
-    """Fully decoded RGB image; raises ``CorruptImage``, ``ImageTooSmall`` or ``ImageTooManyPixels``."""
+def decode_image(data: bytes, *, min_side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decoded RGB image (``ml.images.open_image``); raises ``CorruptImage``, ``ImageTooSmall`` or
+    ``ImageTooManyPixels``, the scraper's own kinds of ``ml.errors.BadImage``, which the report counts.
+
+    The pixel limit is checked from the header, before any pixel is decoded (decompression bombs).
+    Bytes Pillow cannot identify are ``CorruptImage``: they passed the download's sniffing, so they
+    start like an image and are a broken one.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:  # before load(): a bomb's pixels are never allocated
-                raise ImageTooManyPixels(f"{width}x{height} pixels")
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
-        raise ImageTooManyPixels(str(exc) or type(exc).__name__) from exc
-    except _DECODE_ERRORS as exc:
-        raise CorruptImage(str(exc) or type(exc).__name__) from exc
-    if min(image.size) < min_side:
-        raise ImageTooSmall(f"{image.size[0]}x{image.size[1]} < {min_side}")
-    try:
-        image = ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001, S110 - a broken EXIF block should not lose an otherwise fine image
-        pass
-    try:
-        return to_rgb(image)
-    except (OSError, ValueError) as exc:  # a mode Pillow cannot convert to RGB
-        raise CorruptImage(str(exc) or type(exc).__name__) from exc
+        return open_image(data, min_side=min_side, max_pixels=max_pixels)
+    except ml_errors.BadImage as exc:
+        raise _SCRAPER_ERRORS.get(type(exc), CorruptImage)(str(exc)) from exc
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with any transparency composited on white (logos on transparent PNGs stay visible)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+# ``ml.errors`` kinds to the scraper's subclasses of them (anything else, ``NotAnImage`` too, is corrupt).
+_SCRAPER_ERRORS: dict[type[ml_errors.BadImage], type[ImageError]] = {
+    ml_errors.ImageTooLarge: ImageTooManyPixels,
+    ml_errors.ImageTooSmall: ImageTooSmall,
+    ml_errors.CorruptImage: CorruptImage,
+}
 
 
-def clean_image(data: bytes, *, min_side: int, max_pixels: int = 40_000_000) -> CleanImage:
+def clean_image(data: bytes, *, min_side: int, max_pixels: int = MAX_PIXELS) -> CleanImage:
     """Decode, verify, re-encode as JPEG and hash: the sha1 names the stored file's bytes."""
     image = decode_image(data, min_side=min_side, max_pixels=max_pixels)
     buffer = io.BytesIO()
@@ -212,7 +189,7 @@ def is_near_duplicate(a: str, b: str, *, max_phash: int, max_colour: float) -> b
     (phash_a, colour_a), (phash_b, colour_b) = split_hash(a), split_hash(b)
     if colour_a is None or colour_b is None:
         return False
-    if imagehash.hex_to_hash(phash_a) - imagehash.hex_to_hash(phash_b) > max_phash:
+    if phash_distance(phash_a, phash_b) > max_phash:
         return False
     return colour_distance(colour_a, colour_b) <= max_colour
 

@@ -19,13 +19,12 @@ wrote, which in a narrow race may be the one the winner recorded.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +32,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from ml.atomic import atomic_write_bytes
 from scraper.catalogue import is_valid_label
 from scraper.errors import ScraperError, SourceError
 from scraper.fetch import Fetcher, FetchSettings
@@ -59,8 +59,17 @@ SourceFactory = Callable[[str, SourceSettings], Source]
 Progress = Callable[[ScrapeReport], None]
 
 REVIEW_DIR = "_review"
-STATUS_TRAIN = "train"
-STATUS_REVIEW = "review"
+
+
+class ImageStatus(StrEnum):
+    """A scraped image's status (the ``images.status`` column; members are its strings)."""
+
+    TRAIN = "train"  # training data
+    REVIEW = "review"  # the footwear check refused it: under ``_review/`` until someone looks
+
+
+STATUS_TRAIN = ImageStatus.TRAIN
+STATUS_REVIEW = ImageStatus.REVIEW
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class ImageRecord:
     phash: str
     path: str
     label: str
-    status: str
+    status: ImageStatus
     source_url: str
     query: str
     scraper_source: str
@@ -251,7 +260,7 @@ class Pipeline:
         _notify(progress, report)
         if candidates:
             self._process_all(label, candidates, report, progress)
-        report.finished_at = datetime.now(timezone.utc)
+        report.finished_at = datetime.now(UTC)
         self._sink.add_run(report)
         return report
 
@@ -375,16 +384,7 @@ def _write_atomic(path: Path, data: bytes) -> Path | None:
     """Write via a temporary file and rename, so a crash never leaves half a JPEG; None if it existed."""
     if path.exists():
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jpg")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def _check_source_names(names: Sequence[str]) -> None:

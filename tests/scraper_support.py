@@ -64,7 +64,9 @@ class LocalServer:
         """Absolute URL of ``path``."""
         return self.base + path
 
-    def add(self, path: str, body: bytes | str, content_type: str = "application/octet-stream", status: int = 200) -> None:
+    def add(
+        self, path: str, body: bytes | str, content_type: str = "application/octet-stream", status: int = 200
+    ) -> None:
         """A plain response with a Content-Length."""
         payload = body.encode() if isinstance(body, str) else body
         self.routes[path] = lambda req, _srv: send(req, status, payload, content_type)
@@ -110,7 +112,9 @@ class LocalServer:
         return RequestHandler
 
 
-def send(req: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+def send(
+    req: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> None:
     """Write a complete response."""
     req.send_response(status)
     req.send_header("Content-Type", content_type)
@@ -219,20 +223,23 @@ def bing_page(urls: list[str], query: str = "air jordan 11") -> str:
     """A results page in Bing's markup (``a.iusc`` with HTML-escaped JSON ``m``, mediaurl links, lazy thumbs)."""
     results = []
     for i, url in enumerate(urls):
-        meta = {"purl": f"https://shop.example.com/p/{i}", "murl": url, "turl": f"https://tse1.mm.bing.net/th?id=OIP.{i}", "t": f"{query} {i}"}
+        meta = {"purl": f"https://shop.example.com/p/{i}", "murl": url,
+                "turl": f"https://tse1.mm.bing.net/th?id=OIP.{i}", "t": f"{query} {i}"}
         results.append(
             f'<li><div class="iuscp"><a class="iusc" m="{html.escape(json.dumps(meta))}" '
             f'href="/images/search?view=detailV2&amp;mediaurl={quote(url, safe="")}&amp;q={quote(query)}">'
             f'<img class="mimg" data-src="{meta["turl"]}" alt="{html.escape(query)}"></a></div>'
             f'<a href="/images/search?view=detailV2&amp;mediaurl={quote(url, safe="")}">more</a></li>'
         )
-    return f"<!doctype html><html><head><title>{html.escape(query)} - Search Images</title></head><body><ul>{''.join(results)}</ul></body></html>"
+    return (f"<!doctype html><html><head><title>{html.escape(query)} - Search Images</title></head>"
+            f"<body><ul>{''.join(results)}</ul></body></html>")
 
 
 def google_page(urls: list[str]) -> str:
     """A results page in Google's classic markup (``/imgres?imgurl=`` links)."""
     links = "".join(
-        f'<div data-ri="{i}"><a href="/imgres?imgurl={quote(url, safe="")}&amp;imgrefurl=https%3A%2F%2Fshop.example.com%2F{i}">'
+        f'<div data-ri="{i}"><a href="/imgres?imgurl={quote(url, safe="")}'
+        f'&amp;imgrefurl=https%3A%2F%2Fshop.example.com%2F{i}">'
         f'<img src="https://encrypted-tbn0.gstatic.com/images?q=tbn:{i}"></a></div>'
         for i, url in enumerate(urls)
     )

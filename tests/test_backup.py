@@ -44,9 +44,9 @@ from bot.services.backup import (
 from bot.settings import Settings
 from bot.store.db import alembic_config, init_db, make_engine, session_factory
 from bot.store.models import Feedback, Image, ModelVersion, Prediction, User
+
 from bot_harness import BLUE, GREY, RED, TestUser, bot_settings, colour_model, jpeg_bytes, running_bot
 from loop_support import shared_model
-
 
 
 def _head_revision() -> str:
@@ -146,7 +146,8 @@ def kept(sessions: sessionmaker[Session], settings: Settings) -> Kept:
         return Kept(
             predictions={p.id: (p.user_id, p.image_sha1, p.verdict, p.top, p.model_version)
                          for p in session.scalars(select(Prediction))},
-            feedback={f.id: (f.prediction_id, f.user_id, f.verdict, f.label) for f in session.scalars(select(Feedback))},
+            feedback={f.id: (f.prediction_id, f.user_id, f.verdict, f.label)
+                      for f in session.scalars(select(Feedback))},
             images={i.sha1: (i.path, i.label, i.source, i.status) for i in session.scalars(select(Image))},
             model_versions={m.version: (m.path, m.status, m.backbone, m.metrics, m.data_snapshot)
                             for m in session.scalars(select(ModelVersion))},

@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 
 from bot import render
 from bot.playground import PlaygroundServer
-from bot.store.models import Feedback, Image as ImageRow, Prediction, Suggestion, User
+from bot.store.models import Feedback, Prediction, Suggestion, User
+from bot.store.models import Image as ImageRow
+
 from bot_harness import (
     BLUE,
     GREY,
@@ -31,6 +33,7 @@ from bot_harness import (
     jpeg_bytes,
     png_bytes,
     running_bot,
+    wait_until,
 )
 
 
@@ -72,8 +75,9 @@ async def test_start_help_and_commands(bot: BotUnderTest, user: TestUser) -> Non
     assert {c["command"] for c in bot.server.state.commands} == {"start", "help"}
 
 
-async def test_photo_correct_wrong_pages_label_not_listed(bot: BotUnderTest, user: TestUser) -> None:
-    # A confident answer: typing, then one reply to the photo with top 3, buttons and a search link.
+async def test_a_confident_answer_replies_with_the_top_three_buttons_and_a_search_link(
+    bot: BotUnderTest, user: TestUser
+) -> None:
     photo = await user.send_photo(jpeg_bytes(RED, noise=1))
     action = await user.next_event("chat_action")
     assert action["action"] == "typing"
@@ -82,9 +86,24 @@ async def test_photo_correct_wrong_pages_label_not_listed(bot: BotUnderTest, use
     assert "Air Jordan 11 — 87%" in answer["text"] and "Air Jordan 12 — 6%" in answer["text"]
     assert button_texts(answer) == ["✅ Correct", "❌ Wrong", "🔎 Find Air Jordan 11"]
     assert button(answer, "Find")["url"] == "https://shop.example/search?q=Air+Jordan+11"
+
+    def stored() -> Prediction:
+        with bot.sessions() as session:
+            return session.get(Prediction, prediction_id_of(answer))
+
+    # The reply's id is stored once the reply is sent: wait for that write, not for a while.
+    await wait_until(lambda: stored().reply_message_id is not None, what="the reply's id stored")
+    prediction = stored()
+    assert prediction.reply_message_id == answer["message_id"]
+    assert prediction.verdict == "sneaker" and prediction.model_version == 3
+
+
+async def test_correct_stores_the_feedback_and_files_the_photo_for_training(bot: BotUnderTest, user: TestUser) -> None:
+    await user.send_photo(jpeg_bytes(RED, noise=1))
+    answer = await user.reply()
     first = prediction_id_of(answer)
 
-    # ✅ Correct: stored, photo filed as training data, buttons replaced by "Change answer".
+    # ✅ Correct: no alert, the buttons replaced by "Change answer", the photo filed under its label.
     await user.press(answer, "Correct")
     assert (await user.alert())["show_alert"] is False
     edited = await user.edit()
@@ -95,12 +114,12 @@ async def test_photo_correct_wrong_pages_label_not_listed(bot: BotUnderTest, use
         prediction = session.get(Prediction, first)
         image = session.scalars(select(ImageRow).where(ImageRow.sha1 == prediction.image_sha1)).one()
         assert (image.label, image.source, image.status, image.user_id) == ("air_jordan_11", "user", "train", 1001)
-        assert prediction.reply_message_id == answer["message_id"]
-        assert prediction.verdict == "sneaker" and prediction.model_version == 3
     filed = bot.settings.data_dir / image.path
     assert filed == bot.settings.data_dir / "images" / "air_jordan_11" / f"{prediction.image_sha1}.jpg"
     assert Image.open(filed).size == (320, 240)
 
+
+async def test_wrong_opens_a_paged_list_and_a_pick_is_stored(bot: BotUnderTest, user: TestUser) -> None:
     # An unsure answer says so and still shows guesses; ❌ Wrong opens the paged list.
     await user.send_photo(jpeg_bytes(BLUE, noise=2))
     answer = await user.reply()
@@ -124,6 +143,16 @@ async def test_photo_correct_wrong_pages_label_not_listed(bot: BotUnderTest, use
     thanks = await user.edit()
     assert "it is Air Jordan 9" in thanks["text"]
     assert feedback_of(bot, second) == [("wrong", "air_jordan_9")]
+
+
+async def test_a_changed_answer_not_listed_takes_the_typed_name_as_a_suggestion(
+    bot: BotUnderTest, user: TestUser
+) -> None:
+    await user.send_photo(jpeg_bytes(BLUE, noise=2))
+    answer = await user.reply()
+    second = prediction_id_of(answer)
+    thanks = await user.correct(answer, "Air Jordan 3")
+    assert feedback_of(bot, second) == [("wrong", "air_jordan_3")]
 
     # Change the answer: "Not listed", then the typed name becomes a suggestion; the last answer counts.
     await user.press(thanks, "Change answer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,9 +16,21 @@ from sqlalchemy import func, select
 from bot import render
 from bot.playground import PlaygroundServer
 from bot.services.models import ServedModel
-from bot.store.models import Feedback, Image as ImageRow, Prediction
-from bot_harness import RED, BotUnderTest, ColourIdentifier, ColourPrediction, TestUser, bot_settings, colour_model
-from bot_harness import jpeg_bytes, png_bytes, running_bot
+from bot.store.models import Feedback, Prediction
+from bot.store.models import Image as ImageRow
+
+from bot_harness import (
+    RED,
+    BotUnderTest,
+    ColourIdentifier,
+    ColourPrediction,
+    TestUser,
+    bot_settings,
+    colour_model,
+    jpeg_bytes,
+    png_bytes,
+    running_bot,
+)
 
 Starter = Callable[..., AbstractAsyncContextManager[BotUnderTest]]
 
@@ -59,7 +71,9 @@ async def test_telegram_429_retry_after_is_respected(playground: PlaygroundServe
         await user.send_text("/start")
         assert "sneaker" in (await user.reply())["text"]  # sent after waiting retry_after
         assert playground.state.floods["sendmessage"] == []  # the 429 really happened
-        assert await user.quiet(0.5) == []  # and the message went out once
+        # And the message went out once: the next thing the bot says is its answer to a later message.
+        await user.send_text("/help")
+        assert "Albums" in (await user.reply())["text"]
 
 
 async def test_download_limits(start: Starter, user: TestUser) -> None:
@@ -93,7 +107,7 @@ async def test_retention_deletes_unanswered_photos_and_expires_their_buttons(sta
             pending = {p.id: Path(p.pending_path) for p in session.scalars(select(Prediction))}
         assert all(path.exists() for path in pending.values())
 
-        later = datetime.now(timezone.utc) + timedelta(days=8)
+        later = datetime.now(UTC) + timedelta(days=8)
         assert bot.runtime.services.retention.purge(later) == 2
         assert not any(path.exists() for path in pending.values())
         with bot.sessions() as session:

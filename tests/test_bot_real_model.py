@@ -18,8 +18,10 @@ from sqlalchemy import select
 
 from bot import render
 from bot.playground import PlaygroundServer
-from bot.store.models import Feedback, Image as ImageRow, ModelVersion, Prediction
 from bot.settings import STARTER_MODEL_DIR
+from bot.store.models import Feedback, ModelVersion, Prediction
+from bot.store.models import Image as ImageRow
+
 from bot_harness import RED, TestUser, bot_settings, button_texts, jpeg_bytes, running_bot
 
 

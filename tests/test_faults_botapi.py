@@ -37,6 +37,7 @@ from bot import render
 from bot.playground import PlaygroundServer
 from bot.store.models import Feedback, Prediction
 from bot.telegram_retry import CallKind, DeliveryUncertain, RetryPolicy, call_kind, call_name, may_have_arrived
+
 from bot_harness import RED, TOKEN, WAIT, BotUnderTest, TestUser, bot_settings, colour_model, jpeg_bytes, running_bot
 
 READ_TIMEOUT = 1.5  # the bot's read timeout here: a held request costs this long

@@ -29,10 +29,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from bot import render_admin
 from bot.registry import ModelRegistry, StorageFull, is_disk_full
 from bot.services.retraining import count_new_corrections
 from bot.store.db import init_db, session_factory
 from bot.store.models import Feedback, Image, JobRun, ModelVersion, Notification, Prediction, User
+
 from loop_support import COLOURS, leftovers, photo, seed_corrections, shared_model, slim_model_copy, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -182,8 +184,8 @@ class DataDir:
 
     def notes(self, chat_id: int) -> list[str]:
         with self.sessions() as session:
-            return list(session.scalars(select(Notification.text).where(Notification.chat_id == chat_id)
-                                        .order_by(Notification.id)))
+            return [render_admin.notification(note.kind, note.payload) for note in session.scalars(
+                select(Notification).where(Notification.chat_id == chat_id).order_by(Notification.id))]
 
     def assert_nothing_changed(self) -> None:
         """The served model is the same, nothing half-made is left, the corrections still count as new."""
@@ -307,7 +309,7 @@ def test_an_onnx_build_on_a_full_disk_leaves_no_file_and_the_bot_keeps_its_model
     registry = ModelRegistry(session_factory(engine), tmp_path / "models")
     registry.install_starter(slim_model)
     holder = ModelHolder(ServedModel(1, SimpleNamespace(classes=[])))
-    loop = LearningLoop(registry._sessions, registry, SimpleNamespace(models=holder), learning=None)
+    loop = LearningLoop(registry._sessions, registry, holder)
     registry.register(slim_model, data_snapshot={}, promote_reason="promoted")
 
     with pytest.raises(ModelDirError, match="the disk is full"):

@@ -30,10 +30,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from bot import render_admin
 from bot.registry import ModelRegistry, NeverServed
 from bot.services.retraining import INTERRUPTED, count_new_corrections
 from bot.store.db import init_db, session_factory
 from bot.store.models import Feedback, JobRun, ModelVersion, Notification
+
 from loop_support import leftovers, seed_corrections, shared_model, tree_digest, wait_for
 
 pytestmark = pytest.mark.slow
@@ -140,7 +142,8 @@ class Deployment:
 
     def notes(self) -> list[str]:
         with self.sessions() as session:
-            return list(session.scalars(select(Notification.text).where(Notification.chat_id == ADMIN)))
+            return [render_admin.notification(note.kind, note.payload)
+                    for note in session.scalars(select(Notification).where(Notification.chat_id == ADMIN))]
 
     def consumed_by(self) -> set[int | None]:
         with self.sessions() as session:

@@ -21,16 +21,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
-from loop_support import worker_process
 from PIL import Image, ImageDraw
-from scraper_support import LocalServer, bing_page, encode, running_server, send
 from sqlalchemy import func, select
 
 from bot.playground import PlaygroundServer
 from bot.settings import STARTER_MODEL_DIR, get_settings
 from bot.store.models import Image as ImageRow
 from bot.store.models import ModelVersion, Prediction
+
+from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
+from loop_support import worker_process
+from scraper_support import LocalServer, bing_page, encode, running_server, send
 
 ADMIN = 4242
 LABEL, NAME = "nike_dunk_low", "Nike Dunk Low"

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
-from loop_support import COLOURS, YELLOW, photo, shared_model, worker_process
 from PIL import Image
 from sqlalchemy import select
 
@@ -27,6 +25,9 @@ from bot.registry import read_model_json
 from bot.settings import get_settings
 from bot.store.models import Image as ImageRow
 from bot.store.models import ModelVersion, Prediction
+
+from bot_harness import BotUnderTest, TestUser, bot_settings, running_bot
+from loop_support import COLOURS, YELLOW, photo, shared_model, worker_process
 
 ADMIN = 4242
 CORRECTIONS = 6

@@ -19,6 +19,7 @@ from bot.registry import (
     predictor_evaluator,
     sign_test,
 )
+
 from loop_support import COLOURS, photo, shared_model
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from bot.services.retraining import (
     consume_feedback,
     count_new_corrections,
     database_images,
+    draw_splits,
     snapshot,
-    split_for,
 )
 from bot.store.db import init_db, session_factory
 from bot.store.models import Feedback, Image, Prediction, User
@@ -36,13 +36,15 @@ def _sha1(i: int) -> str:
 
 def test_user_photos_never_land_in_test_and_splits_are_fixed() -> None:
     sha1s = [_sha1(i) for i in range(2000)]
-    user = [split_for(s, "user") for s in sha1s]
-    scraped = [split_for(s, "scraper") for s in sha1s]
+    drawn = draw_splits([((source, s), s, "a", source) for source in ("user", "scraper") for s in sha1s])
+    user = [drawn["user", s] for s in sha1s]
+    scraped = [drawn["scraper", s] for s in sha1s]
 
     assert set(user) == {"train", "val"}
     assert set(scraped) == {"train", "val", "test"}
     assert 0.05 < scraped.count("test") / len(sha1s) < 0.15
-    assert [split_for(s, "scraper") for s in sha1s] == scraped  # the same answer every time
+    again = draw_splits([(s, s, "a", "scraper") for s in sha1s])
+    assert [again[s] for s in sha1s] == scraped  # the same answer every time
 
 
 def test_database_images_get_their_split_once(sessions: sessionmaker[Session], tmp_path: Path) -> None:

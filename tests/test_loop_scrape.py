@@ -14,10 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import func, select
 
+from bot import render_admin
 from bot.jobs.scrape import scrape_daily, scrape_now
 from bot.settings import get_settings
 from bot.store.db import init_db, session_factory
 from bot.store.models import Feedback, Image, JobRun, Notification, Prediction, ScrapeRun, User
+
 from scraper_support import LocalServer, bing_page, encode, picture, running_server, send
 
 # Each class's search finds its own pictures.
@@ -105,6 +107,7 @@ def test_most_corrected_classes_within_the_budget(sessions, server: LocalServer)
     scrape_now("air_jordan_9", 10, notify_chat_ids=[99])
     assert server.hits["/bing/search"] == before
     with sessions() as session:
-        assert "budget" in session.scalars(select(Notification)).one().text
+        note = session.scalars(select(Notification)).one()
+        assert "budget" in render_admin.notification(note.kind, note.payload)
         assert [run.job_id for run in session.scalars(select(JobRun).order_by(JobRun.id))] == [
             "scrape_daily", "scrape_daily", "scrape_now:air_jordan_9"]

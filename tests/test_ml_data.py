@@ -73,7 +73,8 @@ def _png(image: Image.Image) -> bytes:
 def test_index_reports_problems_and_keeps_good_images(messy_dataset: Path) -> None:
     index = index_dataset(messy_dataset, progress=False)
     frame, problems = index.frame, index.problems
-    kinds = {Path(p).name + "@" + Path(p).parent.name: k for p, k in zip(problems["path"], problems["kind"])}
+    kinds = {Path(p).name + "@" + Path(p).parent.name: k
+             for p, k in zip(problems["path"], problems["kind"], strict=False)}
     assert kinds == {
         "corrupt.jpg@class_a": "corrupt",
         "notes.jpg@class_a": "not_an_image",
@@ -83,7 +84,7 @@ def test_index_reports_problems_and_keeps_good_images(messy_dataset: Path) -> No
         "ok_0_copy.jpg@class_a": "duplicate",
     }
     assert list(frame.columns) == ["path", "label", "sha1", "width", "height", "source"]
-    names = {Path(p).name + "@" + lbl for p, lbl in zip(frame["path"], frame["label"])}
+    names = {Path(p).name + "@" + lbl for p, lbl in zip(frame["path"], frame["label"], strict=False)}
     assert {"cmyk.jpg@class_b", "palette.png@class_b", "rotated.jpg@class_a", "ok_0.jpg@class_a"} <= names
     assert len(frame) == 6 + 6 + 3
     assert frame["sha1"].is_unique

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw
 
 from bot.cli import main as cli_main
 from ml.artifacts import load_net, read_model_json
+from ml.backbones import Preprocessing, create_backbone
 from ml.errors import BadImage
 from ml.predictor import Predictor
-from ml.backbones import Preprocessing, create_backbone
 from ml.train import TrainConfig, build_finetune_model, run_training
 from ml.transforms import eval_transform
 from ml.verdicts import known_sneaker
@@ -90,7 +90,7 @@ def test_model_reloads_and_predicts_with_both_backends(head_model: Path, tmp_pat
     eager = Predictor.load(head_model, backend="torch", threads=1)
     a, b = onnx.predict(images, k=2), eager.predict(images, k=2)
     assert len(a) == len(b) == 3
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=False):
         assert len(pa.top) == 2
         assert [g.label for g in pa.top] == [g.label for g in pb.top]
         assert np.allclose([g.score for g in pa.top], [g.score for g in pb.top], atol=1e-4)
@@ -99,7 +99,7 @@ def test_model_reloads_and_predicts_with_both_backends(head_model: Path, tmp_pat
         assert pa.familiarity == pytest.approx(pb.familiarity, abs=1e-4)
         assert np.linalg.norm(pa.embedding) == pytest.approx(1.0, abs=1e-4)
     # the tiny head learned the shapes: most synthetic test shapes come out right
-    assert sum(p.top[0].label == label for p, label in zip(a, SHAPES)) >= 2
+    assert sum(p.top[0].label == label for p, label in zip(a, SHAPES, strict=False)) >= 2
     vectors = onnx.embed(images)
     assert vectors.shape == (3, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     # familiarity is the cosine to the nearest of the shipped class centroids
@@ -176,7 +176,8 @@ def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path:
     base = dict(data_dir=str(data), backbone="simple_cnn", mode="finetune", epochs=1, image_size=64,
                 batch_size=8, threads=1, progress=False)
     plain, _, _ = prepare_data(TrainConfig(out_dir=str(tmp_path / "x"), **base))
-    flagged = pd.concat([plain[plain["split"] == split].head(n) for split, n in (("train", 2), ("val", 1), ("test", 1))])
+    flagged = pd.concat([plain[plain["split"] == split].head(n)
+                         for split, n in (("train", 2), ("val", 1), ("test", 1))])
     audit = tmp_path / "flagged.csv"
     flagged[["path", "sha1", "label"]].to_csv(audit, index=False)
 
@@ -184,7 +185,8 @@ def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path:
     assert snapshot["excluded_by_audit"] == {"train": 2, "val": 1, "test": 1}
     assert set(frame.loc[frame["split"] == AUDIT_SPLIT, "sha1"]) == set(flagged["sha1"])
     kept = frame[frame["split"] != AUDIT_SPLIT].set_index("sha1")["split"]
-    assert kept.equals(plain.set_index("sha1")["split"].drop(flagged["sha1"]).loc[kept.index])  # others keep their split
+    # others keep their split
+    assert kept.equals(plain.set_index("sha1")["split"].drop(flagged["sha1"]).loc[kept.index])
     assert classes == sorted(SHAPES)
 
     model_dir = Path(run_training(TrainConfig(out_dir=str(tmp_path / "m"), exclude_file=str(audit), **base)))
@@ -193,7 +195,8 @@ def test_label_audit_sets_photos_aside_from_every_split_and_shows_them(tmp_path:
     assert meta["data"]["audit_review"]["images"] == 4
     assert 0 <= meta["data"]["audit_review"]["model_agrees_with_folder"] <= 4
     assert (model_dir / "plots" / "audit.png").is_file() and (model_dir / "audit.csv").is_file()
-    assert "set aside by the label audit: 1 from test, 2 from train, 1 from val" in (model_dir / "README.md").read_text()
+    readme = (model_dir / "README.md").read_text()
+    assert "set aside by the label audit: 1 from test, 2 from train, 1 from val" in readme
     # `sneakerbot eval --split test` measures what the model's metrics measured
     from ml.evaluate import evaluate_dir, format_report
 
@@ -225,7 +228,8 @@ def test_warm_start_copies_weights_and_matches_head_rows_by_class(tmp_path: Path
         else:
             assert not torch.allclose(model.head.fc.weight[row], old_head["fc.weight"][0].float())
 
-    other = TrainConfig(out_dir=str(tmp_path / "c"), init_from=str(source), **{**base, "backbone": "efficientnet_lite0"})
+    other = TrainConfig(out_dir=str(tmp_path / "c"), init_from=str(source),
+                        **{**base, "backbone": "efficientnet_lite0"})
     with pytest.raises(ValueError, match="backbone"):
         build_finetune_model(other.resolved(create_backbone("efficientnet_lite0", pretrained=False)), classes)
 
@@ -243,7 +247,8 @@ def test_warm_start_into_a_run_that_fine_tunes_more_blocks(tmp_path: Path) -> No
     assert (source.split, backbone.split) == (14, 12)
 
     def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-        return all(torch.equal(x.float(), y.float()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=False)
+        return all(torch.equal(x.float(), y.float()) for x, y in pairs)
 
     blocks = [*pretrained.trunk, *pretrained.tail.blocks]
     assert same(backbone.tail.blocks[0], blocks[12]) and same(backbone.tail.blocks[1], blocks[13])  # newly trained
@@ -284,13 +289,14 @@ def test_distillation_keeps_the_frozen_branch_which_runs_apart_for_unknown_photo
         # one photo at a time, as the bot sends them: the branch ran exactly for the photo it does not know
         singles = [predictor.predict([image])[0] for image in images]
         assert [a.footwear_score is None for a in singles] == list(known)
-        for answer, score in zip(singles, footwear):
+        for answer, score in zip(singles, footwear, strict=False):
             assert answer.footwear_score is None or abs(answer.footwear_score - score) < 1e-4
         # a batch runs it for every photo when one needs it, for none when all are known
         assert all(a.footwear_score is not None for a in predictor.predict(images))
         predictor.thresholds.update(familiar=float(familiarity.min()) - 1e-4)  # (graph and numpy round apart)
         assert all(a.footwear_score is None for a in predictor.predict(images))
-        assert [a.verdict for a in predictor.predict(images)] == [a.verdict for a in predictor.predict(images[::-1])][::-1]
+        forward = [a.verdict for a in predictor.predict(images)]
+        assert forward == [a.verdict for a in predictor.predict(images[::-1])][::-1]
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bot.settings import STARTER_MODEL_DIR
 from ml import artifacts
 from ml.carried import Carried, dequantize, quantize
 from ml.retrain import RetrainError, RetrainSettings, retrain_head
-from bot.settings import STARTER_MODEL_DIR
+
 from loop_support import COLOURS, YELLOW, photo, shared_model
 
 pytestmark = pytest.mark.slow

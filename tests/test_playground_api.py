@@ -17,7 +17,18 @@ from telegram import Bot
 from telegram.error import BadRequest, RetryAfter
 
 from bot.playground import PlaygroundServer
-from bot_harness import RED, TOKEN, TestUser, encoded, jpeg_bytes, retry_after_seconds, running_playground, user_api
+
+from bot_harness import (
+    RED,
+    TOKEN,
+    TestUser,
+    encoded,
+    jpeg_bytes,
+    retry_after_seconds,
+    running_playground,
+    user_api,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -49,7 +60,20 @@ async def test_get_me_and_errors(http: httpx.AsyncClient) -> None:
     assert (status, body["description"]) == (400, "Bad Request: chat not found")
 
 
-async def test_get_updates_offsets_and_long_poll(http: httpx.AsyncClient) -> None:
+async def poll_waiting(server: PlaygroundServer, http: httpx.AsyncClient, **params: object) -> asyncio.Task:
+    """A getUpdates call started in the background, returned once the server holds it waiting.
+
+    Each call takes the next ``poll_generation`` (under the state's lock) before it waits, so the
+    number moving on means it is waiting: anything queued after that wakes this call.
+    """
+    before = server.state.poll_generation
+    task = asyncio.create_task(call(http, "getUpdates", **params))
+    await wait_until(lambda: server.state.poll_generation > before or task.done(), what="the poll waiting")
+    assert not task.done(), task.result()
+    return task
+
+
+async def test_get_updates_offsets_and_long_poll(server: PlaygroundServer, http: httpx.AsyncClient) -> None:
     user = TestUser(http, user_id=5)
     await user.send_text("one")
     await user.send_text("two")
@@ -60,56 +84,74 @@ async def test_get_updates_offsets_and_long_poll(http: httpx.AsyncClient) -> Non
     _, body = await call(http, "getUpdates", offset=updates[-1]["update_id"] + 1, timeout=0)
     assert body["result"] == []  # confirmed by the offset
 
-    waiting = asyncio.create_task(call(http, "getUpdates", offset=updates[-1]["update_id"] + 1, timeout=20))
-    await asyncio.sleep(0.2)
-    assert not waiting.done()
+    waiting = await poll_waiting(server, http, offset=updates[-1]["update_id"] + 1, timeout=20)
     await user.send_text("three")
     _, body = await waiting
     assert [u["message"]["text"] for u in body["result"]] == ["three"]
 
 
-async def test_a_newer_poll_ends_the_waiting_one_with_409(http: httpx.AsyncClient) -> None:
-    first = asyncio.create_task(call(http, "getUpdates", timeout=20))
-    await asyncio.sleep(0.2)
+async def test_a_newer_poll_ends_the_waiting_one_with_409(server: PlaygroundServer, http: httpx.AsyncClient) -> None:
+    first = await poll_waiting(server, http, timeout=20)
     second = asyncio.create_task(call(http, "getUpdates", timeout=1))
     status, body = await first
     assert status == 409 and body["description"].startswith("Conflict")
     assert (await second)[0] == 200
 
 
-async def test_messages_edits_buttons_and_callbacks(http: httpx.AsyncClient) -> None:
-    user = TestUser(http, user_id=6)
-    photo = await user.send_text("/start")
-    assert photo["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
-    keyboard = {"inline_keyboard": [[{"text": "A", "callback_data": "a:1"}]]}
-    status, body = await call(http, "sendMessage", chat_id=6, text="pick", reply_markup=keyboard,
-                              reply_parameters={"message_id": photo["message_id"]})
-    assert status == 200
-    sent = body["result"]
-    assert sent["reply_to_message"]["message_id"] == photo["message_id"] and sent["reply_markup"] == keyboard
+KEYBOARD = {"inline_keyboard": [[{"text": "A", "callback_data": "a:1"}]]}
+
+
+async def user_and_keyboard_message(http: httpx.AsyncClient, user_id: int) -> tuple[TestUser, dict, dict]:
+    """A user who sent /start, and the bot's reply to it with one inline button ("a:1")."""
+    user = TestUser(http, user_id=user_id)
+    start = await user.send_text("/start")
+    status, body = await call(http, "sendMessage", chat_id=user_id, text="pick", reply_markup=KEYBOARD,
+                              reply_parameters={"message_id": start["message_id"]})
+    assert status == 200, body
+    return user, start, body["result"]
+
+
+async def test_messages_carry_commands_replies_and_keyboards(http: httpx.AsyncClient) -> None:
+    user, start, sent = await user_and_keyboard_message(http, user_id=6)
+    assert start["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
+    assert sent["reply_to_message"]["message_id"] == start["message_id"] and sent["reply_markup"] == KEYBOARD
     assert (await user.reply())["message_id"] == sent["message_id"]
 
+
+async def test_bad_messages_are_refused_with_telegrams_errors(http: httpx.AsyncClient) -> None:
+    await TestUser(http, user_id=6).send_text("hi")
     too_long = {"inline_keyboard": [[{"text": "B", "callback_data": "x" * 65}]]}
     status, body = await call(http, "sendMessage", chat_id=6, text="bad", reply_markup=too_long)
     assert (status, body["description"]) == (400, "Bad Request: BUTTON_DATA_INVALID")
     empty = await call(http, "sendMessage", chat_id=6, text="")
     assert empty[1]["description"] == "Bad Request: message text is empty"
 
+
+async def test_edits_change_the_bots_own_messages_only(http: httpx.AsyncClient) -> None:
+    user, start, sent = await user_and_keyboard_message(http, user_id=6)
     same = await call(http, "editMessageText", chat_id=6, message_id=sent["message_id"], text="pick",
-                      reply_markup=keyboard)
+                      reply_markup=KEYBOARD)
     assert same[0] == 400 and "message is not modified" in same[1]["description"]
     _, body = await call(http, "editMessageReplyMarkup", chat_id=6, message_id=sent["message_id"])
     assert "reply_markup" not in body["result"] and body["result"]["edit_date"]
     assert (await user.edit())["text"] == "pick"
-    status, body = await call(http, "editMessageText", chat_id=6, message_id=photo["message_id"], text="x")
+    status, body = await call(http, "editMessageText", chat_id=6, message_id=start["message_id"], text="x")
     assert (status, body["description"]) == (400, "Bad Request: message can't be edited")
 
+
+async def test_a_button_press_is_an_update_answered_once(http: httpx.AsyncClient) -> None:
+    user, _, sent = await user_and_keyboard_message(http, user_id=6)
     query_id = await user.press_data(sent["message_id"], "a:1")
     _, body = await call(http, "getUpdates")
     assert body["result"][-1]["callback_query"]["data"] == "a:1"
     assert (await call(http, "answerCallbackQuery", callback_query_id=query_id, text="ok", show_alert=True))[0] == 200
     assert (await user.alert())["show_alert"] is True
     assert (await call(http, "answerCallbackQuery", callback_query_id=query_id))[0] == 400  # only once
+
+
+async def test_chat_actions_show_in_the_chat(http: httpx.AsyncClient) -> None:
+    user = TestUser(http, user_id=6)
+    await user.send_text("hi")
     assert (await call(http, "sendChatAction", chat_id=6, action="typing"))[1]["result"] is True
     assert (await user.next_event("chat_action"))["action"] == "typing"
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from bot.playground import PlaygroundServer
 from bot.store.models import Feedback
+
 from bot_harness import RED, bot_settings, colour_model, jpeg_bytes, running_bot
 
 pytestmark = pytest.mark.chromium

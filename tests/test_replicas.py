@@ -28,14 +28,15 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
+from test_webhook import free_port
 
 from bot.playground import PlaygroundServer
 from bot.store.db import init_db, session_factory
 from bot.store.models import Feedback, Prediction, UpdateClaim
 from bot.web import SECRET_HEADER
+
 from bot_harness import TOKEN, TestUser, button_texts, running_playground, user_api
 from loop_support import COLOURS, photo, shared_model
-from test_webhook import free_port
 
 SECRET = "replica_test-secret-0123"
 HOOK_PATH = "/telegram/webhook"

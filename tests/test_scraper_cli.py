@@ -17,6 +17,7 @@ from bot.scraping import catalogue_entry, seed_catalogue
 from bot.settings import get_settings
 from bot.store.db import init_db, session_factory
 from bot.store.models import Image, ScrapeRun, SneakerClass
+
 from scraper_support import FIXTURES, LocalServer, bing_page, encode, picture, running_server
 
 PICTURES = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"]
@@ -121,7 +122,10 @@ def test_all_sources_blocked_exits_1_with_blocked_report(env: Path, capsys: pyte
 def test_the_ml_footwear_detector_sends_non_shoes_to_review(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The real detector (pretrained EfficientNet-Lite0 via ONNX Runtime): an astronaut, a cat, a coffee are no shoes."""
+    """The real detector (pretrained EfficientNet-Lite0 via ONNX Runtime).
+
+    An astronaut, a cat, a coffee are no shoes.
+    """
     import torch
 
     torch.set_num_threads(1)

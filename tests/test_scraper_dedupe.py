@@ -36,6 +36,7 @@ from scraper.images import (
 from scraper.pipeline import DedupeIndex, ImageRecord, KnownImage, Pipeline, ScrapeConfig
 from scraper.sinks import MemorySink
 from scraper.sources.base import SourceSettings
+
 from scraper_support import LocalServer, bing_page, encode, picture, running_server
 
 RGB = tuple[int, int, int]
@@ -229,7 +230,7 @@ def shop() -> Iterator[LocalServer]:
     images = colourways()
     with running_server() as server:
         paths = [f"/img/colourway-{i}.jpg" for i in range(len(images))]
-        for path, image in zip(paths, images):
+        for path, image in zip(paths, images, strict=False):
             server.add(path, jpeg(image), "image/jpeg")
         server.add("/img/copy.jpg", jpeg(images[0]), "image/jpeg")
         server.add("/img/reencoded.jpg", jpeg(images[0], 60), "image/jpeg")

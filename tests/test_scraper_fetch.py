@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,7 +18,19 @@ from scraper.errors import (
     TooManyRedirects,
 )
 from scraper.fetch import Fetcher, FetchSettings, is_public_address, resolve_host, sniff_image
-from scraper_support import LocalServer, encode, endless, flaky, never_finishes, picture, redirect, running_server
+
+from scraper_support import (
+    Handler,
+    LocalServer,
+    encode,
+    endless,
+    flaky,
+    never_finishes,
+    picture,
+    redirect,
+    running_server,
+    send,
+)
 
 JPEG = encode(picture("astronaut"), "JPEG", quality=90)
 LIMIT = 1_000_000
@@ -44,7 +58,8 @@ def server() -> Iterator[LocalServer]:
 
 def fetcher(**overrides: object) -> Fetcher:
     options: dict[str, object] = {
-        "timeout_s": 1.0, "max_bytes": LIMIT, "allow_private": True, "retries": 2, "backoff_s": 0.01, "host_delay_s": 0.0,
+        "timeout_s": 1.0, "max_bytes": LIMIT, "allow_private": True, "retries": 2, "backoff_s": 0.01,
+        "host_delay_s": 0.0,
     }
     options.update(overrides)
     return Fetcher(FetchSettings(**options))  # type: ignore[arg-type]
@@ -155,7 +170,8 @@ def test_public_address_check(address: str, public: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "kind"), [("JPEG", "jpeg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tiff")]
+    ("fmt", "kind"),
+    [("JPEG", "jpeg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tiff")],
 )
 def test_sniffing_recognises_image_formats(fmt: str, kind: str) -> None:
     data = encode(picture("chelsea"), fmt)
@@ -165,3 +181,106 @@ def test_sniffing_recognises_image_formats(fmt: str, kind: str) -> None:
 @pytest.mark.parametrize("head", [b"<!doctype html>", b"%PDF-1.7\n", b"{\"a\": 1}", b"GIF8", b""])
 def test_sniffing_rejects_other_bytes(head: bytes) -> None:
     assert sniff_image(head) is None
+
+
+# --- retries: urllib3's Retry on the session, held to the download's bounds -------------------------
+
+
+def answers(*steps: tuple[int, dict[str, str]], then: bytes = JPEG) -> tuple[Handler, list[float]]:
+    """A handler that answers ``steps`` (status, headers) in turn, then ``then``; and when each hit came."""
+    hits: list[float] = []
+
+    def handler(req: BaseHTTPRequestHandler, _srv: LocalServer) -> None:
+        hits.append(time.monotonic())
+        if len(hits) <= len(steps):
+            status, headers = steps[len(hits) - 1]
+            send(req, status, b"busy", "text/plain", headers)
+        else:
+            send(req, 200, then, "image/jpeg")
+
+    return handler, hits
+
+
+def test_a_429_is_retried_after_the_wait_its_retry_after_asks_for(server: LocalServer) -> None:
+    handler, hits = answers((429, {"Retry-After": "1"}))
+    server.add_handler("/img/rate-limited.jpg", handler)
+    assert fetcher(timeout_s=5.0, backoff_s=0.01).fetch(server.url("/img/rate-limited.jpg")).content == JPEG
+    assert len(hits) == 2
+    assert hits[1] - hits[0] >= 0.95  # waited the second it asked for, not the 0.01 s backoff
+
+
+def test_retries_stop_at_the_configured_count(server: LocalServer) -> None:
+    handler, hits = answers(*[(429, {"Retry-After": "0"})] * 10)
+    server.add_handler("/img/always-429.jpg", handler)
+    with pytest.raises(HTTPStatusError) as caught:
+        fetcher(retries=3).fetch(server.url("/img/always-429.jpg"))
+    assert caught.value.reason == "http_429"
+    assert len(hits) == 4  # the first attempt and 3 retries
+
+
+def test_a_retry_after_past_the_deadline_is_not_waited(server: LocalServer) -> None:
+    handler, hits = answers((429, {"Retry-After": "120"}), (503, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}))
+    server.add_handler("/img/come-back-later.jpg", handler)
+    started = time.monotonic()
+    with pytest.raises(HTTPStatusError) as caught:
+        fetcher(timeout_s=2.0).fetch(server.url("/img/come-back-later.jpg"))
+    assert caught.value.reason == "http_429" and len(hits) == 1
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_unreadable_retry_after_falls_back_to_the_backoff(server: LocalServer) -> None:
+    handler, hits = answers((503, {"Retry-After": "soon-ish"}))
+    server.add_handler("/img/odd-retry-after.jpg", handler)
+    assert fetcher().fetch(server.url("/img/odd-retry-after.jpg")).content == JPEG
+    assert len(hits) == 2
+
+
+def test_the_endless_body_of_an_answer_to_retry_is_not_read(server: LocalServer) -> None:
+    """urllib3 reads a retried answer's body to the end: ours is closed unread, within the deadline."""
+    hits: list[float] = []
+
+    def endless_503(req: BaseHTTPRequestHandler, _srv: LocalServer) -> None:
+        hits.append(time.monotonic())
+        req.send_response(503)
+        req.send_header("Content-Type", "text/plain")
+        req.send_header("Connection", "close")
+        req.end_headers()
+        req.close_connection = True
+        while True:  # until the client hangs up (BrokenPipeError ends the handler)
+            req.wfile.write(b"\0" * 65536)
+
+    server.add_handler("/img/endless-503.jpg", endless_503)
+    started = time.monotonic()
+    with pytest.raises(HTTPStatusError) as caught:
+        fetcher(timeout_s=3.0, retries=2).fetch(server.url("/img/endless-503.jpg"))
+    assert caught.value.reason == "http_503" and len(hits) == 3
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_dropped_connection_is_retried(server: LocalServer) -> None:
+    hits: list[float] = []
+
+    def hang_up_once(req: BaseHTTPRequestHandler, _srv: LocalServer) -> None:
+        hits.append(time.monotonic())
+        if len(hits) == 1:
+            req.close_connection = True  # no answer at all: the client sees the connection end
+            return
+        send(req, 200, JPEG, "image/jpeg")
+
+    server.add_handler("/img/hang-up-once.jpg", hang_up_once)
+    assert fetcher().fetch(server.url("/img/hang-up-once.jpg")).content == JPEG
+    assert len(hits) == 2
+
+
+def test_a_server_that_never_answers_times_out_without_retry(server: LocalServer) -> None:
+    hits: list[float] = []
+
+    def silent(req: BaseHTTPRequestHandler, srv: LocalServer) -> None:
+        hits.append(time.monotonic())
+        srv.release.wait(30)
+        req.close_connection = True
+
+    server.add_handler("/img/silent.jpg", silent)
+    with pytest.raises(FetchTimeout):
+        fetcher(timeout_s=0.5).fetch(server.url("/img/silent.jpg"))
+    assert len(hits) == 1

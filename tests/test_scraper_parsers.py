@@ -1,4 +1,7 @@
-"""The sources' pure parsers on saved result pages: real Bing captures, Google's real CAPTCHA, hand-written Google pages."""
+"""The sources' pure parsers on saved result pages.
+
+Real Bing captures, Google's real CAPTCHA, hand-written Google pages.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from bs4 import BeautifulSoup
 from scraper.catalogue import AIR_JORDAN_NUMBERS, BUILTIN_CATALOGUE, builtin_entry, is_valid_label
 from scraper.sources import available_sources, bing, create_source, google
 from scraper.sources.base import SourceSettings
+
 from scraper_support import FIXTURES
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from scraper.sources.base import SourceSettings
 from scraper.sources.google_selenium import GoogleSeleniumSource
+
 from scraper_support import FIXTURES, LocalServer, running_server
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
@@ -64,7 +65,8 @@ button.addEventListener('click', () => { button.style.display = 'none'; limit = 
 def binary(env: str, default: str) -> str:
     path = os.environ.get(env) or default
     if not shutil.which(path):
-        pytest.fail(f"{path} not found: install chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+        pytest.fail(f"{path} not found: install chromium and chromium-driver "
+                    "(apt-get install -y chromium chromium-driver)")
     return path
 
 

@@ -34,7 +34,6 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from scraper_support import encode, picture
 
 from bot import render, render_admin
 from bot.handlers.admin import UsageError, parse_addclass_args, parse_rollback_args, parse_scrape_args
@@ -54,6 +53,8 @@ from ml.images import open_image
 from scraper.catalogue import is_valid_label
 from scraper.errors import ImageError
 from scraper.images import decode_image
+
+from scraper_support import encode, picture
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow narrates broken files
 FUZZ = settings(max_examples=200, deadline=None, database=None,
@@ -293,7 +294,9 @@ def test_real_keyboards_parse_back_to_what_they_mean(pid: int, class_labels: lis
 def test_a_forged_label_argument_names_a_known_class_only_by_its_own_encoding(known: list[str], forged: str) -> None:
     classes = [ClassInfo(label, label) for label in known]
     resolved = render.resolve_label(forged, classes)
-    assert resolved is None or (resolved in known and forged in (resolved, "#" + hashlib.sha1(resolved.encode()).hexdigest()[:12]))
+    assert resolved is None or (
+        resolved in known and forged in (resolved, "#" + hashlib.sha1(resolved.encode()).hexdigest()[:12])
+    )
 
 
 forged_suggestion = st.one_of(
@@ -340,7 +343,8 @@ def test_known_suggestion_forgeries_are_refused() -> None:
 command_text = st.one_of(
     st.text(max_size=120),
     st.builds(lambda words: " ".join(words),
-              st.lists(st.one_of(labels, number_like, st.text(max_size=12), st.sampled_from(["../x", "_review", "/etc"])),
+              st.lists(st.one_of(labels, number_like, st.text(max_size=12),
+                                 st.sampled_from(["../x", "_review", "/etc"])),
                        max_size=4)),
 )
 
@@ -352,7 +356,7 @@ def _words(text: str) -> list[str]:
 
 def _service() -> AdminService:
     # request_scrape needs no database: it validates, then hands the job to ``enqueue`` (patched here).
-    return AdminService(None, None, None, admin_ids=frozenset({1}), retrain_min_corrections=1)  # type: ignore[arg-type]
+    return AdminService(None, None, admin_ids=frozenset({1}), retrain_min_corrections=1)  # type: ignore[arg-type]
 
 
 @FUZZ
@@ -535,7 +539,8 @@ def test_pillows_own_limit_is_not_switched_off() -> None:
 
 # --- the bot token never reaches a log line ---------------------------------------------------
 tokens = st.builds(lambda bot_id, secret: f"{bot_id}:{secret}", st.integers(10_000, 10**10),
-                   st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=30, max_size=46))
+                   st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
+                           min_size=30, max_size=46))
 
 
 def _log_through_filter(redactor: logging.Filter, message: str, *args: object, exc: BaseException | None = None) -> str:

@@ -25,7 +25,6 @@ from unittest import mock
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from scraper_support import LocalServer, colour_only, encode, picture, running_server
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
@@ -41,6 +40,8 @@ from scraper.fetch import FetchSettings
 from scraper.pipeline import REVIEW_DIR, Pipeline, ScrapeConfig
 from scraper.sinks import MemorySink
 from scraper.sources.base import ImageItem, SearchResult
+
+from scraper_support import LocalServer, colour_only, encode, picture, running_server
 
 HOSTILE_LABELS = [
     "..", ".", "../x", "../../etc/passwd", "x/../../y", "images/../../x", "/etc/passwd", "/tmp/x", "a/b",
@@ -255,7 +256,7 @@ def test_accepted_suggestions_become_safe_classes_or_are_refused(sessions: sessi
         session.flush()
         ids = [row.id for row in rows]
     queued: list[dict] = []
-    service = AdminService(sessions, None, None, admin_ids=frozenset({1}), retrain_min_corrections=1)  # type: ignore[arg-type]
+    service = AdminService(sessions, None, admin_ids=frozenset({1}), retrain_min_corrections=1)  # type: ignore[arg-type]
     accepted, refused = [], []
     with mock.patch.object(admin_module, "enqueue", lambda _engine, _func, **kw: queued.append(kw)):
         for suggestion_id in ids:

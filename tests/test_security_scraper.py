@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from scraper_support import LocalServer, encode, picture, redirect, running_server
 
 from scraper.errors import ConnectionFailed, RefusedAddress, RefusedURL
 from scraper.fetch import Fetcher, FetchSettings, is_public_address, resolve_host
 from scraper.pipeline import Pipeline, ScrapeConfig
 from scraper.sinks import MemorySink
 from scraper.sources.base import ImageItem, SearchResult
+
+from scraper_support import LocalServer, encode, picture, redirect, running_server
 
 JPEG = encode(picture("astronaut").resize((120, 120)), "JPEG")
 PUBLIC = "93.184.216.34"  # what the injected resolver answers for the "public" first hop

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect, select
 
@@ -42,7 +42,7 @@ def test_repositories_round_trip(database_url: str) -> None:
         latest = FeedbackRepository(session).latest(prediction.id)
         assert (latest.verdict, latest.label) == ("wrong", "air_jordan_3")
         assert session.scalars(select(Prediction)).one().top[0]["label"] == "air_jordan_1"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with sessions.begin() as session:
         events = RateEventRepository(session)
         events.add(42, now - timedelta(minutes=5))
@@ -70,7 +70,7 @@ def test_memory_embeddings_move_from_json_to_float32_bytes_and_back(database_url
         connection.execute(text(
             "INSERT INTO memory_entries (image_sha1, user_id, label, backbone, embedding, scope, created_at) "
             "VALUES (:sha1, 7, 'air_jordan_4', 'efficientnet_lite0', :embedding, 'user', :now)"),
-            {"sha1": "a" * 40, "embedding": json.dumps(values), "now": datetime.now(timezone.utc)})
+            {"sha1": "a" * 40, "embedding": json.dumps(values), "now": datetime.now(UTC)})
     command.upgrade(config, "head")
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT vector FROM memory_entries")).scalar_one()

@@ -22,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine, func, select
 
 from bot.jobs.health import WorkerHealthServer, serve_worker_health
-from bot.jobs.scheduler import build_scheduler, enqueue
+from bot.jobs.scheduler import build_scheduler
+from bot.services.admin import enqueue
 from bot.settings import Settings, get_settings
 from bot.store.db import init_db, make_engine, session_factory
-from bot.store.models import Image, JobRun, ScrapeRun, utcnow
+from bot.store.models import Image, JobRun, RequestKind, ScrapeRun, utcnow
 
 from loop_support import wait_for, worker_process
 
@@ -114,7 +115,7 @@ def test_a_real_worker_serves_health_and_metrics_from_the_database(worker_settin
                 session.add(ScrapeRun(label="x", finished_at=utcnow()))
                 session.add(JobRun(job_id="scrape_now:x", started_at=utcnow() - timedelta(seconds=5),
                                    finished_at=utcnow(), outcome="failed: no source answered"))
-            enqueue(engine, "bot.jobs.retrain:retrain_now", job_id="retrain_now", notify_chat_ids=[])
+            enqueue(session_factory(engine), RequestKind.RETRAIN)
             wait_for(lambda: job_runs(samples(url), "retrain_now") == 1, "the retrain's run in /metrics", WAIT_S)
             with session_factory(engine)() as session:  # the counter is the table
                 assert session.scalar(select(func.count()).where(JobRun.job_id == "retrain_now")) == 1

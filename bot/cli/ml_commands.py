@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from bot.settings import Settings
@@ -37,7 +38,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--aug-views", type=int, default=2, help="head: augmented views embedded per train image")
     p.add_argument("--no-flip-view", action="store_true", help="head: do not embed mirrored train images")
-    p.add_argument("--exclude", type=Path, default=None, help="sha1 list (label audit) to leave out of train, val and test")
+    p.add_argument("--exclude", type=Path, default=None,
+                   help="sha1 list (label audit) to leave out of train, val and test")
     p.add_argument("--augment", choices=["standard", "strong"], default="standard",
                    help="finetune: train views (strong: random-resized crops and random erasing)")
     p.add_argument("--distill-imagenet", type=float, default=0.0, metavar="WEIGHT",
@@ -57,12 +59,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Train and print where the model directory is."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from ml.train import TrainConfig, run_training
 
     settings.ensure_dirs()
-    out = args.out or settings.models_path / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = args.out or settings.models_path / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     cfg = TrainConfig(
         data_dir=str(args.data_dir), out_dir=str(out), backbone=args.backbone or settings.backbone,
         mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,

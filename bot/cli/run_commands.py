@@ -1,4 +1,8 @@
-"""``sneakerbot run`` (the bot; the local playground when there is no token) and ``sneakerbot playground``."""
+"""``sneakerbot run`` (the bot; the local playground when there is no token) and ``sneakerbot playground``.
+
+On one machine ``run`` also starts ``sneakerbot worker`` as its child process
+(``start_worker_process``) and stops it when it stops.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 from bot.settings import Settings
@@ -103,8 +110,6 @@ async def _run_bot(settings: Settings, use_playground: bool, webhook: WebhookCon
         raise
     worker = None
     if settings.start_worker_in_bot:  # the learning loop's jobs in a child process: never here
-        from bot.learning_loop import start_worker_process
-
         worker = start_worker_process(settings.health_port if webhook is None else None)
     if server is not None:
         print(f"sneakerbot playground: open {server.url}/ in your browser (Ctrl-C stops)", flush=True)
@@ -118,12 +123,34 @@ async def _run_bot(settings: Settings, use_playground: bool, webhook: WebhookCon
         await stop.wait()
     finally:
         if worker is not None:
-            from bot.learning_loop import stop_worker_process
-
             await asyncio.to_thread(stop_worker_process, worker)
         await stop_bot(runtime)
         if server is not None:
             await server.stop()
+
+
+def start_worker_process(health_port: int | None = None) -> subprocess.Popen:
+    """For ``sneakerbot run`` on one machine: ``sneakerbot worker`` as a child process.
+
+    A child, not threads of the bot: training is CPU-heavy Python that would compete with
+    the bot's event loop for the GIL. The child reads the same environment and ``.env``; when
+    the bot serves health on ``health_port``, the worker serves its own on the next port.
+    """
+    env = None
+    if health_port is not None:
+        env = {**os.environ, "SNEAKERBOT_HEALTH_PORT": str(health_port + 1)}
+    return subprocess.Popen([sys.executable, "-m", "bot", "worker"], env=env)
+
+
+def stop_worker_process(worker: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Ask the worker to stop (SIGTERM: it finishes the running job's step and exits), then make sure."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 async def _serve_playground(settings: Settings) -> None:

@@ -60,10 +60,11 @@ def _prepare(settings: Settings, engine: Engine) -> None:
     models path; none of it is ever served. They are cleared here, before any job runs, and
     the admins are told (the one who asked for the retrain waits for an answer).
     """
-    from bot.jobs.context import close_interrupted_runs, notify_admins, registry_for
-    from bot.registry import BadModelDir
+    from bot.jobs.context import close_interrupted_runs, notify_admins
+    from bot.registry import BadModelDir, registry_for
     from bot.services.retraining import recover_interrupted_retrains
     from bot.store.db import session_factory
+    from bot.store.models import NotificationKind
 
     sessions = session_factory(engine)
     registry = registry_for(settings, sessions)
@@ -71,10 +72,8 @@ def _prepare(settings: Settings, engine: Engine) -> None:
     recovery = recover_interrupted_retrains(sessions, registry)
     if recovery:
         current = registry.current_version()
-        notify_admins(sessions, settings.admin_ids,
-                      f"The worker restarted after it stopped in the middle of a retrain: {recovery.summary()}. "
-                      + (f"Version {current} still answers; " if current is not None else "")
-                      + "the next retrain starts clean.")
+        notify_admins(sessions, settings.admin_ids, NotificationKind.WORKER_RECOVERED,
+                      {"summary": recovery.summary(), "current_version": current})
     try:
         registry.install_starter(settings.starter_model_dir)
     except BadModelDir as exc:

@@ -13,27 +13,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from telegram import Update
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler
+from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler
 
 from bot import render_admin
 from bot.handlers.context import BotContext
 from bot.registry import RegistryError
-from bot.services.admin import DEFAULT_SCRAPE, AdminError, AdminService, confusion_png
+from bot.services.admin import DEFAULT_SCRAPE, AdminError, confusion_png
 
 log = logging.getLogger(__name__)
 
-ADMIN_KEY = "admin"
 Handler = Callable[[Update, BotContext], Awaitable[None]]
 View = TypeVar("View")
 
 
 class UsageError(Exception):
     """Malformed command arguments; the message is the usage line the admin gets back."""
-
-
-def admin_service(context: BotContext) -> AdminService:
-    """The admin service the learning loop hung into the bot's services."""
-    return context.services.extra[ADMIN_KEY]
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -45,7 +39,7 @@ def admin_only(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def guarded(update: Update, context: BotContext) -> None:
         user = update.effective_user
-        if not admin_service(context).is_admin(user.id if user else None):
+        if not context.services.admin.is_admin(user.id if user else None):
             query = update.callback_query
             text = query.data if query is not None else update.effective_message.text
             log.warning("not allowed: user %s tried %r", user.id if user else None, text)
@@ -112,13 +106,13 @@ def parse_rollback_args(args: Sequence[str]) -> int:
 @admin_only
 async def status(update: Update, context: BotContext) -> None:
     """/status: model version and metrics, data counts, pending corrections, jobs."""
-    await _reply_with(update, admin_service(context).status, render_admin.status)
+    await _reply_with(update, context.services.admin.status, render_admin.status)
 
 
 @admin_only
 async def retrain(update: Update, context: BotContext) -> None:
     """/retrain: queue a retrain; the worker reports old vs new metrics when done."""
-    await asyncio.to_thread(admin_service(context).request_retrain, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.request_retrain, update.effective_chat.id)
     await _reply(update, render_admin.job_requested("a retrain"))
 
 
@@ -126,7 +120,7 @@ async def retrain(update: Update, context: BotContext) -> None:
 async def scrape(update: Update, context: BotContext) -> None:
     """/scrape <label> [n]: queue a scrape of one class."""
     label, count = parse_scrape_args(context.args or [])
-    await asyncio.to_thread(admin_service(context).request_scrape, label, count, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.request_scrape, label, count, update.effective_chat.id)
     await _reply(update, render_admin.job_requested(f"a scrape of {label} ({count} images)"))
 
 
@@ -134,20 +128,20 @@ async def scrape(update: Update, context: BotContext) -> None:
 async def addclass(update: Update, context: BotContext) -> None:
     """/addclass <label> <display name>: add a class, scrape it, then retrain."""
     label, name = parse_addclass_args(context.args or [])
-    await asyncio.to_thread(admin_service(context).add_class, label, name, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.add_class, label, name, update.effective_chat.id)
     await _reply(update, render_admin.job_requested(f"adding {name} ({label}): a scrape, then a retrain"))
 
 
 @admin_only
 async def classes(update: Update, context: BotContext) -> None:
     """/classes: the catalogue and what the model knows."""
-    await _reply_with(update, admin_service(context).classes, render_admin.classes)
+    await _reply_with(update, context.services.admin.classes, render_admin.classes)
 
 
 @admin_only
 async def suggestions(update: Update, context: BotContext) -> None:
     """/suggestions: one message per pending name, with accept / reject buttons."""
-    pending = await _reply_with(update, admin_service(context).pending_suggestions,
+    pending = await _reply_with(update, context.services.admin.pending_suggestions,
                                 lambda items: render_admin.suggestions_header(len(items)))
     for item in pending:
         await update.effective_message.reply_text(
@@ -167,7 +161,7 @@ async def on_suggestion_button(update: Update, context: BotContext) -> None:
     accept, suggestion_id = parsed
     try:
         text, label = await asyncio.to_thread(
-            admin_service(context).decide_suggestion, suggestion_id, accept, update.effective_chat.id
+            context.services.admin.decide_suggestion, suggestion_id, accept, update.effective_chat.id
         )
     except AdminError as exc:
         await query.answer(str(exc), show_alert=True)
@@ -180,14 +174,14 @@ async def on_suggestion_button(update: Update, context: BotContext) -> None:
 async def rollback(update: Update, context: BotContext) -> None:
     """/rollback <version>: serve an earlier model (every bot process within seconds)."""
     version = parse_rollback_args(context.args or [])
-    info = await asyncio.to_thread(admin_service(context).rollback, version)
+    info = await asyncio.to_thread(context.services.admin.rollback, version)
     await _reply(update, render_admin.rolled_back(info.version))
 
 
 @admin_only
 async def stats(update: Update, context: BotContext) -> None:
     """/stats: accuracy from feedback per class, confused pairs and a confusion-matrix image."""
-    view = await _reply_with(update, admin_service(context).stats, render_admin.stats)
+    view = await _reply_with(update, context.services.admin.stats, render_admin.stats)
     if view.pairs:
         png = await asyncio.to_thread(confusion_png, view.pairs)
         await update.effective_message.reply_photo(png, caption=render_admin.STATS_CAPTION)
@@ -205,10 +199,7 @@ COMMANDS: dict[str, Handler] = {
 }
 
 
-def register(application: Application) -> None:
-    """Add the admin commands and the suggestion buttons (before the bot's catch-alls)."""
-    for name, handler in COMMANDS.items():
-        application.add_handler(CommandHandler(name, handler))
-    application.add_handler(
-        CallbackQueryHandler(on_suggestion_button, pattern=f"^{render_admin.SUGGESTION_PREFIX}:")
-    )
+def handlers() -> list[BaseHandler]:
+    """The admin commands and the suggestion buttons (to add before the bot's catch-alls)."""
+    return [*(CommandHandler(name, handler) for name, handler in COMMANDS.items()),
+            CallbackQueryHandler(on_suggestion_button, pattern=f"^{render_admin.SUGGESTION_PREFIX}:")]

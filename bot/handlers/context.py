@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from bot.learning_loop import LearningLoop
+from bot.services.admin import AdminService
 from bot.services.feedback import FeedbackService
 from bot.services.identify import IdentifyService
+from bot.services.learning import LearningService
 from bot.services.models import ModelHolder
 from bot.services.ratelimit import RateLimiter
 from bot.services.retention import RetentionService
@@ -26,12 +28,12 @@ class BotLimits:
     search_url_template: str
     admin_ids: frozenset[int]
     retention_interval_s: int = 3600
+    model_poll_seconds: float = 3.0
 
 
 @dataclass
 class BotServices:
-    """Everything the handlers use. Other areas hang their services in ``extra`` by name
-    (e.g. the admin service of the learning loop under ``"admin"``)."""
+    """Everything the handlers use, built once by ``bot.app.build_services``."""
 
     limits: BotLimits
     models: ModelHolder
@@ -39,7 +41,9 @@ class BotServices:
     feedback: FeedbackService
     rate_limit: RateLimiter
     retention: RetentionService
-    extra: dict[str, Any] = field(default_factory=dict)
+    learning: LearningService  # the instant-learning memory: identify's refiner, feedback's listener
+    admin: AdminService
+    loop: LearningLoop  # follows the model registry, delivers the worker's outbox
 
 
 class BotContext(CallbackContext[ExtBot, dict, dict, dict]):

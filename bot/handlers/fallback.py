@@ -15,12 +15,16 @@ log = logging.getLogger(__name__)
 
 async def not_an_image_file(update: Update, context: BotContext) -> None:
     """A document that is not an image."""
-    await update.effective_message.reply_text(render.NOT_IMAGE_FILE_TEXT)
+    message = update.effective_message
+    assert message is not None
+    await message.reply_text(render.NOT_IMAGE_FILE_TEXT)
 
 
 async def anything_else(update: Update, context: BotContext) -> None:
     """Stickers, video, voice, locations, …: a short how-to, nothing stored."""
-    await update.effective_message.reply_text(render.OTHER_TEXT)
+    message = update.effective_message
+    assert message is not None
+    await message.reply_text(render.OTHER_TEXT)
 
 
 async def on_error(update: object, context: BotContext) -> None:

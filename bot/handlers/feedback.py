@@ -86,7 +86,7 @@ async def page_counter(query: CallbackQuery, callback: render.Callback, context:
     await query.answer()
 
 
-BUTTON_ACTIONS: dict[str, ButtonAction] = {
+BUTTON_ACTIONS: dict[render.Action, ButtonAction] = {
     render.Action.CORRECT: confirm,
     render.Action.WRONG: show_models,
     render.Action.SNEAKER: show_models,

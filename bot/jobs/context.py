@@ -3,25 +3,38 @@
 Jobs live in a persistent job store, so they carry no arguments but plain values;
 the settings (database, paths) come from the process environment, exactly as the
 worker read them, and the database engine is opened and closed around each run.
+What a job tells the admins goes to the outbox as a kind and a payload (``notify``); the
+bot words it. Admins' requests come in as ``admin_requests`` rows (``take_request``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.registry import ModelRegistry, is_disk_full
+from bot.registry import ModelRegistry, is_disk_full, registry_for
 from bot.settings import Settings, get_settings
 from bot.store.db import make_engine, session_factory
-from bot.store.models import JobRun, Notification, utcnow
+from bot.store.models import NotificationKind, RequestKind, utcnow
+from bot.store.repositories import AdminRequestRepository, JobRunRepository, NotificationRepository
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TakenRequest:
+    """What admins asked for, merged over the requests for one job: the newest parameters, every chat."""
+
+    job_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+    chat_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -58,33 +71,49 @@ class JobContext:
         Why a row: ``/status`` runs in the bot process; the database is what the two share.
         """
         with self.sessions.begin() as session:
-            row = session.get(JobRun, self.run_id) if self.run_id is not None else None
+            runs = JobRunRepository(session)
+            row = runs.get(self.run_id)
             if row is None:
-                row = JobRun(job_id=self.job_id, started_at=utcnow(), outcome=text[:2000])
-                session.add(row)
-                session.flush()
+                row = runs.start(self.job_id, utcnow())
                 self.run_id = row.id
             row.outcome = text[:2000]
 
-    def notify(self, chat_id: int | None, text: str) -> None:
-        """Leave ``text`` for ``chat_id`` in the outbox; a bot process sends it."""
+    def notify(self, chat_id: int | None, kind: NotificationKind, payload: dict[str, Any]) -> None:
+        """Leave an outcome for ``chat_id`` in the outbox; a bot process words and sends it."""
         if chat_id is None:
             return
         with self.sessions.begin() as session:
-            session.add(Notification(chat_id=chat_id, text=text))
+            NotificationRepository(session).add(chat_id, kind, payload)
 
     def last_run(self) -> tuple[str, datetime] | None:
         """(outcome, finished at, UTC) of this job's last finished run before this one, or None."""
         with self.sessions() as session:
-            query = select(JobRun.outcome, JobRun.finished_at).where(
-                JobRun.job_id == self.job_id, JobRun.finished_at.is_not(None))
-            if self.run_id is not None:
-                query = query.where(JobRun.id != self.run_id)
-            row = session.execute(query.order_by(JobRun.finished_at.desc(), JobRun.id.desc()).limit(1)).first()
+            row = JobRunRepository(session).last_finished(self.job_id, besides=self.run_id)
         if row is None:
             return None
-        finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=timezone.utc)
-        return row.outcome or "", finished
+        outcome, finished = row
+        return outcome or "", finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+
+    def take_request(self, kind: RequestKind) -> TakenRequest | None:
+        """The oldest request of ``kind`` no worker has taken, merged with the others for the same job; None
+        when there is none. Taken means gone from the queue: a worker stopped before running it loses it, as
+        the job it replaces did (the admin who asked is told of the interruption when it restarts)."""
+        with self.sessions.begin() as session:
+            rows = AdminRequestRepository(session).take(kind)
+            if not rows:
+                return None
+            params: dict[str, Any] = {}
+            for row in rows:
+                params.update(row.params or {})
+            if any((row.params or {}).get("then_retrain") for row in rows):
+                params["then_retrain"] = True
+            chats = list(dict.fromkeys(chat for row in rows for chat in row.chat_ids or []))
+            return TakenRequest(rows[0].job_id, params, chats)
+
+    def request(self, kind: RequestKind, params: dict[str, Any], chat_ids: Iterable[int]) -> None:
+        """Queue more work for a request job (a scrape asks for the retrain that follows it)."""
+        with self.sessions.begin() as session:
+            AdminRequestRepository(session).add(kind, params, chat_ids)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -95,19 +124,15 @@ def describe_failure(exc: BaseException) -> str:
     return text
 
 
-def notify_admins(sessions: sessionmaker[Session], admin_ids: frozenset[int] | set[int], text: str) -> None:
-    """Leave ``text`` for every admin (their private chats) in the outbox."""
+def notify_admins(sessions: sessionmaker[Session], admin_ids: frozenset[int] | set[int],
+                  kind: NotificationKind, payload: dict[str, Any]) -> None:
+    """Leave an outcome for every admin (their private chats) in the outbox."""
     if not admin_ids:
         return
     with sessions.begin() as session:
-        session.add_all(Notification(chat_id=admin, text=text) for admin in sorted(admin_ids))
-
-
-def registry_for(settings: Settings, sessions: sessionmaker[Session]) -> ModelRegistry:
-    """The model registry as the settings configure it (the one way to build it)."""
-    return ModelRegistry(sessions, settings.models_path, tolerance=settings.promotion_tolerance,
-                         class_tolerance=settings.promotion_class_tolerance,
-                         new_class_tolerance=settings.promotion_new_class_tolerance)
+        outbox = NotificationRepository(session)
+        for admin in sorted(admin_ids):
+            outbox.add(admin, kind, payload)
 
 
 def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None:
@@ -135,24 +160,24 @@ def run_job(job_id: str, body: Callable[[JobContext], str | None]) -> str | None
         return outcome
 
 
-def _log_run(ctx: JobContext, started: object, outcome: str | None) -> None:
+def _log_run(ctx: JobContext, started: datetime, outcome: str | None) -> None:
     """Finish the run's row (the one ``report`` started, or a new one); a run with nothing to say leaves none."""
     with ctx.sessions.begin() as session:
-        row = session.get(JobRun, ctx.run_id) if ctx.run_id is not None else None
+        runs = JobRunRepository(session)
+        row = runs.get(ctx.run_id)
         if outcome is None:
             if row is not None:
-                session.delete(row)
+                runs.delete(row)
             return
         if row is None:
-            row = JobRun(job_id=ctx.job_id, started_at=started)
-            session.add(row)
+            row = runs.start(ctx.job_id, started)
         row.finished_at, row.outcome = utcnow(), outcome[:2000]
 
 
 def close_interrupted_runs(sessions: sessionmaker[Session]) -> int:
     """Runs a stopped worker left unfinished are marked so; ``/status`` never shows them as running."""
     with sessions.begin() as session:
-        rows = list(session.scalars(select(JobRun).where(JobRun.finished_at.is_(None))))
+        rows = JobRunRepository(session).unfinished()
         for row in rows:
             row.finished_at, row.outcome = utcnow(), f"interrupted (the worker stopped): {row.outcome or ''}"[:2000]
         return len(rows)

@@ -48,13 +48,14 @@ from typing import TypeVar
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, BaseScheduler
 from prometheus_client import CollectorRegistry, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from sqlalchemy import Engine, case, func, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from bot.jobs.scheduler import PERIODIC_JOBS
 from bot.metrics import CONTENT_TYPE, build_version
 from bot.settings import Settings
-from bot.store.models import Image, JobRun, ScrapeRun
+from bot.store.repositories import ImageRepository, JobRunRepository, ScrapeRunRepository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,24 +88,15 @@ def job_name(job_id: str) -> str:
 
 def read_counts(engine: Engine) -> WorkerCounts:
     """Job runs, scrape runs and images as the database holds them now."""
-    status = case((JobRun.outcome.like("failed:%"), "failed"),
-                  (JobRun.outcome.like("interrupted%"), "interrupted"), else_="ok")
-    # Grouped over a subquery: PostgreSQL does not see a CASE with bound values in GROUP BY as the selected one.
-    runs = select(JobRun.job_id, status.label("status"), JobRun.finished_at).where(
-        JobRun.finished_at.is_not(None)).subquery()
     job_runs: dict[tuple[str, str], int] = {}
     last_finished: dict[tuple[str, str], float] = {}
-    with engine.connect() as connection:
-        for job_id, job_status, count, last in connection.execute(
-                select(runs.c.job_id, runs.c.status, func.count(), func.max(runs.c.finished_at))
-                .group_by(runs.c.job_id, runs.c.status)):
+    with Session(engine) as session:
+        for job_id, job_status, count, last in JobRunRepository(session).finished_by_status():
             key = (job_name(job_id), job_status)
             job_runs[key] = job_runs.get(key, 0) + count
             last_finished[key] = max(last_finished.get(key, 0.0), _timestamp(last))
-        scrape_runs = connection.scalar(
-            select(func.count()).select_from(ScrapeRun).where(ScrapeRun.finished_at.is_not(None))) or 0
-        images = {(source, image_status): count for source, image_status, count in connection.execute(
-            select(Image.source, Image.status, func.count()).group_by(Image.source, Image.status))}
+        scrape_runs = ScrapeRunRepository(session).count_finished()
+        images = ImageRepository(session).count_by_source_status()
     return WorkerCounts(job_runs, last_finished, scrape_runs, images)
 
 
@@ -173,7 +165,7 @@ def scheduler_problem(scheduler: BaseScheduler | None) -> str | None:
     if scheduler is None or scheduler.state != STATE_RUNNING:
         return "scheduler paused" if scheduler is not None and scheduler.state == STATE_PAUSED \
             else "scheduler not running"
-    loop = getattr(scheduler, "_thread", None)  # WorkerScheduler's loop; a dead one would take no job again
+    loop = getattr(scheduler, "_thread", None)  # BackgroundScheduler's loop, if it shows it: a dead one takes no job
     if isinstance(loop, threading.Thread) and not loop.is_alive():
         return "scheduler loop stopped"
     return None

@@ -1,13 +1,16 @@
 """Retrain jobs: when enough corrections arrived, nightly, and on an admin's request.
 
-All three run on the worker's one-thread training executor, so they never overlap;
-each returns early when there is nothing to do (idempotent).
+All of them run on the worker's one-thread training executor, so they never overlap;
+each returns early when there is nothing to do (idempotent). ``take_retrain_requests``
+is the interval job that reads the admins' ``/retrain`` requests (``admin_requests`` rows)
+and runs ``retrain_now`` for them.
 
 A failed run (a full disk, say) changes nothing that is served and leaves no half-made
 files (``bot.services.retraining``); its ``job_runs`` row says why ("failed: the disk is
 full: ..."). The admins who asked for it (``/retrain``) are told at once; a failure of an
 automatic run is told to every admin, once until a run of that job succeeds again, and
 ``retrain_check`` waits ``RETRY_AFTER_FAILURE_CHECKS`` check intervals before it tries again.
+What the admins are told goes to the outbox as values; the bot words it (``bot.render_admin``).
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from bot.jobs.context import JobContext, describe_failure, notify_admins, run_job
-from bot.services.retraining import Retrainer, RetrainOutcome, count_new_corrections
-from bot.store.models import utcnow
+from bot.services.retraining import Retrainer, count_new_corrections, stage_line
+from bot.store.models import NotificationKind, RequestKind, utcnow
 
 log = logging.getLogger(__name__)
 
-RETRAIN_NOW_FUNC = "bot.jobs.retrain:retrain_now"
 RETRY_AFTER_FAILURE_CHECKS = 20  # retrain_check after a failed run: 20 intervals (10 min by default)
 FAILED = "failed: "
 
@@ -41,6 +44,15 @@ def retrain_nightly() -> str | None:
     )
 
 
+def take_retrain_requests() -> str | None:
+    """Run the retrain admins asked for, once for every request waiting; None when none waits."""
+    with JobContext.open() as ctx:
+        request = ctx.take_request(RequestKind.RETRAIN)
+    if request is None:
+        return None
+    return retrain_now(notify_chat_ids=request.chat_ids)
+
+
 def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
     """An admin's ``/retrain``: train now, tell the admins each stage and then old vs new metrics."""
 
@@ -50,10 +62,10 @@ def retrain_now(notify_chat_ids: list[int] | None = None) -> str | None:
             outcome = retrainer(ctx, progress).retrain(only_if_new_data=False, reason="requested by an admin")
         except Exception as exc:
             for chat_id in notify_chat_ids or []:
-                ctx.notify(chat_id, failure_report(ctx, exc))
+                ctx.notify(chat_id, NotificationKind.RETRAIN_FAILED, failure_payload(ctx, exc))
             raise
         for chat_id in notify_chat_ids or []:
-            ctx.notify(chat_id, retrain_report(outcome))
+            ctx.notify(chat_id, NotificationKind.RETRAIN_RESULT, outcome.as_payload())
         return outcome.summary()
 
     return run_job("retrain_now", body)
@@ -83,7 +95,8 @@ def _told_on_failure(body: Callable[[JobContext], str | None]) -> Callable[[JobC
             try:
                 last = ctx.last_run()
                 if last is None or not last[0].startswith(FAILED):
-                    notify_admins(ctx.sessions, ctx.settings.admin_ids, f"{ctx.job_id}: {failure_report(ctx, exc)}")
+                    notify_admins(ctx.sessions, ctx.settings.admin_ids, NotificationKind.RETRAIN_FAILED,
+                                  {**failure_payload(ctx, exc), "job": ctx.job_id})
             except Exception:  # the job's own failure is what run_job records
                 log.exception("%s: could not tell the admins", ctx.job_id)
             raise
@@ -91,14 +104,13 @@ def _told_on_failure(body: Callable[[JobContext], str | None]) -> Callable[[JobC
     return run
 
 
-def failure_report(ctx: JobContext, exc: BaseException) -> str:
-    """The admins' message for a failed retrain: why, and that the served model did not change."""
+def failure_payload(ctx: JobContext, exc: BaseException) -> dict[str, Any]:
+    """What the admins are told of a failed retrain: why, and which version still answers."""
     try:
         current = ctx.registry.current_version()
     except Exception:  # the reason matters more than this detail
         current = None
-    serving = f" Version {current} still answers." if current is not None else ""
-    return f"Retrain failed: {describe_failure(exc)}.{serving}"
+    return {"reason": describe_failure(exc), "current_version": current, "job": None}
 
 
 def retrainer(ctx: JobContext, progress: RetrainProgress | None = None) -> Retrainer:
@@ -127,22 +139,13 @@ class RetrainProgress:
         self.last = 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        from bot.render_admin import retrain_stage
-
-        text = retrain_stage(stage, done, total)
         now = time.monotonic()
         if stage != self.stage:
             self.stage = stage
             for chat_id in self.chat_ids:
-                self.ctx.notify(chat_id, text)
+                self.ctx.notify(chat_id, NotificationKind.RETRAIN_STAGE,
+                                {"stage": stage, "done": done, "total": total})
         elif now - self.last < self.every_s and done < total:
             return
         self.last = now
-        self.ctx.report(text)
-
-
-def retrain_report(outcome: RetrainOutcome) -> str:
-    """The admin's message after ``/retrain``: old vs new metrics and the decision."""
-    from bot.render_admin import retrain_result
-
-    return retrain_result(outcome)
+        self.ctx.report(stage_line(stage, done, total))

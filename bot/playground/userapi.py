@@ -288,7 +288,8 @@ async def inject_faults(request: web.Request) -> web.Response:
     if kind == "429" and after_accept:
         raise bad_request("a 429 is never answered after the method was performed")
     try:
-        count, retry_after, hold = int(body.get("count", 1)), int(body.get("retry_after", 1)), float(body.get("hold", 30))
+        count, retry_after, hold = (int(body.get("count", 1)), int(body.get("retry_after", 1)),
+                                    float(body.get("hold", 30)))
     except (TypeError, ValueError):
         raise bad_request("count, retry_after and hold must be numbers") from None
     if count < 1 or retry_after < 0 or not 0 < hold <= MAX_FAULT_HOLD:

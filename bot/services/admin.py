@@ -1,9 +1,10 @@
 """Admin actions: status, retrain and scrape requests, the class catalogue, suggestions, rollback, stats.
 
 Only ``admin_ids`` may use them (the handlers check ``is_admin`` first and log refusals).
-Long work (training, scraping) is never done here: it is handed to the worker through
-the job store (``bot.jobs.scheduler.enqueue``) and the worker reports back through the
-notifications outbox. Everything here is synchronous; handlers call it off the event loop.
+Long work (training, scraping) is never done here: a request is an ``admin_requests`` row
+(``enqueue``) that the worker's request jobs take, and the worker reports back through the
+notifications outbox. This module knows nothing of the worker's jobs or scheduler.
+Everything here is synchronous; handlers call it off the event loop.
 """
 
 from __future__ import annotations
@@ -12,18 +13,24 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.jobs.retrain import RETRAIN_NOW_FUNC
-from bot.jobs.scheduler import TRAINING_EXECUTOR, enqueue, next_runs
-from bot.jobs.scrape import SCRAPE_NOW_FUNC
 from bot.registry import ModelRegistry, VersionInfo, model_labels
-from bot.services.retraining import count_new_corrections
-from bot.store.models import Feedback, Image, JobRun, Prediction, SneakerClass, Suggestion
+from bot.store.models import RequestKind
+from bot.store.repositories import (
+    AdminRequestRepository,
+    FeedbackRepository,
+    ImageRepository,
+    JobRunRepository,
+    PredictionRepository,
+    ScheduledJobRepository,
+    SneakerClassRepository,
+    SuggestionRepository,
+)
 from scraper.catalogue import is_valid_label
 
 MAX_SCRAPE = 500
@@ -83,6 +90,12 @@ def check_label(label: str) -> str:
     return label
 
 
+def enqueue(sessions: sessionmaker[Session], kind: RequestKind, *, chat_id: int | None = None, **params: Any) -> None:
+    """Leave a request of ``kind`` for the worker; ``chat_id`` (if any) is told when it is done."""
+    with sessions.begin() as session:
+        AdminRequestRepository(session).add(kind, params, [] if chat_id is None else [chat_id])
+
+
 def label_from_text(text: str) -> str:
     """A label for a typed name: "Air Max 90!" -> "air_max_90"."""
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:64]
@@ -90,19 +103,17 @@ def label_from_text(text: str) -> str:
 
 
 class AdminService:
-    """The admin commands' logic over the database, the registry and the job store."""
+    """The admin commands' logic over the database, the registry and the worker's request queue."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        engine: Engine,
         registry: ModelRegistry,
         *,
         admin_ids: frozenset[int],
         retrain_min_corrections: int,
     ) -> None:
         self.sessions = sessions
-        self.engine = engine
         self.registry = registry
         self.admin_ids = admin_ids
         self.retrain_min_corrections = retrain_min_corrections
@@ -113,53 +124,40 @@ class AdminService:
 
     # --- reading -------------------------------------------------------------
     def status(self) -> StatusView:
-        """Model, data, pending corrections, last and next job runs."""
+        """Model, data, pending corrections, last and next job runs (a waiting request runs next)."""
         with self.sessions() as session:
-            images = session.scalar(select(func.count()).select_from(Image).where(Image.status == "train")) or 0
-            classes = session.scalar(
-                select(func.count(func.distinct(Image.label))).where(Image.status == "train")
-            ) or 0
-            predictions = session.scalar(select(func.count()).select_from(Prediction)) or 0
-            feedback = session.scalar(select(func.count()).select_from(Feedback)) or 0
-            last_runs = self._last_runs(session)
-        upcoming = next_runs(self.engine)
+            images, classes = ImageRepository(session).count_training()
+            predictions = PredictionRepository(session).count()
+            feedback = FeedbackRepository(session)
+            feedback_total, corrections = feedback.count(), feedback.count_unused_corrections()
+            last_runs = {row.job_id: (row.finished_at or row.started_at,
+                                      row.outcome or "" if row.finished_at else f"running now: {row.outcome or ''}")
+                         for row in JobRunRepository(session).newest_per_job()}
+            upcoming = ScheduledJobRepository(session).next_runs()
+            for request in AdminRequestRepository(session).pending():
+                upcoming.setdefault(request.job_id, request.created_at)
         jobs = {job_id: (last_runs.get(job_id), upcoming.get(job_id)) for job_id in {*upcoming, *last_runs}}
         current = self.registry.current()
         if current is not None:
             classes = max(classes, len(model_labels(current.path)))
-        return StatusView(current, images, classes, count_new_corrections(self.sessions),
-                          self.retrain_min_corrections, predictions, feedback, jobs)
-
-    def _last_runs(self, session: Session) -> dict[str, tuple[datetime, str]]:
-        newest = (
-            select(JobRun.job_id, func.max(JobRun.id).label("id")).group_by(JobRun.job_id).subquery()
-        )
-        rows = session.execute(select(JobRun).join(newest, JobRun.id == newest.c.id)).scalars()
-        return {row.job_id: (row.finished_at or row.started_at,
-                             row.outcome or "" if row.finished_at else f"running now: {row.outcome or ''}")
-                for row in rows}
+        return StatusView(current, images, classes, corrections, self.retrain_min_corrections, predictions,
+                          feedback_total, jobs)
 
     def classes(self) -> list[tuple[str, str, int, bool]]:
         """Every class: label, display name, training images, known by the current model."""
         current = self.registry.current()
         known = set(model_labels(current.path)) if current else set()
         with self.sessions() as session:
-            counts = dict(
-                session.execute(
-                    select(Image.label, func.count()).where(Image.status == "train").group_by(Image.label)
-                ).all()
-            )
-            names = {row.label: row.display_name for row in session.scalars(select(SneakerClass))}
+            counts = ImageRepository(session).count_by_label()
+            names = SneakerClassRepository(session).display_names()
         labels = sorted({*known, *names, *counts})
         return [(label, names.get(label, label), counts.get(label, 0), label in known) for label in labels]
 
     def pending_suggestions(self, limit: int = 10) -> list[PendingSuggestion]:
         """Pending names, most often suggested first (one entry per normalised text)."""
         with self.sessions() as session:
-            rows = list(session.scalars(
-                select(Suggestion).where(Suggestion.status == "pending").order_by(Suggestion.id)
-            ))
-        groups: dict[str, list[Suggestion]] = {}
+            rows = SuggestionRepository(session).pending()
+        groups: dict[str, list] = {}
         for row in rows:
             groups.setdefault(row.text.strip().lower(), []).append(row)
         pending = [PendingSuggestion(g[0].id, g[0].text, g[0].user_id, len(g)) for g in groups.values()]
@@ -167,14 +165,9 @@ class AdminService:
 
     def stats(self, days: int = 7) -> StatsView:
         """Accuracy from users' feedback over ``days`` (their last answer per prediction counts)."""
-        since = datetime.now(timezone.utc) - timedelta(days=days)
+        since = datetime.now(UTC) - timedelta(days=days)
         with self.sessions() as session:
-            rows = session.execute(
-                select(Feedback.prediction_id, Feedback.verdict, Feedback.label, Prediction.top)
-                .join(Prediction, Prediction.id == Feedback.prediction_id)
-                .where(Feedback.created_at >= since, Feedback.verdict.in_(("correct", "wrong")))
-                .order_by(Feedback.id)
-            ).all()
+            rows = FeedbackRepository(session).answers_since(since)
         last = {prediction_id: (label, top) for prediction_id, _verdict, label, top in rows if label}
         pairs = [(actual, top[0]["label"]) for actual, top in last.values() if top]
         per_label: dict[str, list[int]] = {}
@@ -196,16 +189,15 @@ class AdminService:
     # --- acting --------------------------------------------------------------
     def request_retrain(self, chat_id: int) -> None:
         """Ask the worker to retrain now and report to ``chat_id``."""
-        enqueue(self.engine, RETRAIN_NOW_FUNC, job_id="retrain_now", executor=TRAINING_EXECUTOR,
-                notify_chat_ids=[chat_id])
+        enqueue(self.sessions, RequestKind.RETRAIN, chat_id=chat_id)
 
     def request_scrape(self, label: str, max_items: int, chat_id: int, *, then_retrain: bool = False) -> None:
         """Ask the worker to scrape ``label`` (``max_items`` at most, within the daily budget)."""
         check_label(label)
         if not 1 <= max_items <= MAX_SCRAPE:
             raise AdminError(f"the number of images must be between 1 and {MAX_SCRAPE}")
-        enqueue(self.engine, SCRAPE_NOW_FUNC, job_id=f"scrape_now:{label}", label=label, max_items=max_items,
-                notify_chat_ids=[chat_id], then_retrain=then_retrain)
+        enqueue(self.sessions, RequestKind.SCRAPE, chat_id=chat_id, label=label, max_items=max_items,
+                then_retrain=then_retrain)
 
     def add_class(self, label: str, display_name: str, chat_id: int) -> None:
         """Add (or rename) a class in the catalogue, then scrape it and retrain."""
@@ -214,29 +206,25 @@ class AdminService:
         if not display_name:
             raise AdminError("the display name is missing")
         with self.sessions.begin() as session:
-            row = session.get(SneakerClass, label)
-            if row is None:
-                session.add(SneakerClass(label=label, display_name=display_name,
-                                         queries=[display_name.lower(), f"{display_name.lower()} sneaker"]))
-            else:
-                row.display_name, row.active = display_name, True
+            SneakerClassRepository(session).add_or_rename(
+                label, display_name, [display_name.lower(), f"{display_name.lower()} sneaker"])
         self.request_scrape(label, ADD_CLASS_SCRAPE, chat_id, then_retrain=True)
 
     def decide_suggestion(self, suggestion_id: int, accept: bool, chat_id: int) -> tuple[str, str | None]:
         """Accept (new class: scrape, then retrain) or reject a suggestion and its duplicates."""
         with self.sessions() as session:
-            row = session.get(Suggestion, suggestion_id)
+            row = SuggestionRepository(session).get(suggestion_id)
             if row is None or row.status != "pending":
                 raise AdminError("that suggestion was already handled")
             if accept:
                 label_from_text(row.text)  # a name that makes no label is refused before anything changes
         with self.sessions.begin() as session:
-            row = session.get(Suggestion, suggestion_id)
+            suggestions = SuggestionRepository(session)
+            row = suggestions.get(suggestion_id)
             if row is None or row.status != "pending":
                 raise AdminError("that suggestion was already handled")
             text = row.text
-            same = session.scalars(select(Suggestion).where(Suggestion.status == "pending"))
-            for other in same:
+            for other in suggestions.pending():
                 if other.text.strip().lower() == text.strip().lower():
                     other.status = "accepted" if accept else "rejected"
         if not accept:

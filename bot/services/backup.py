@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +326,7 @@ def _manifest(kind: str, db_file: str, facts: DatabaseFacts, counts: dict[str, i
     """The manifest: enough to recognise a complete backup and to check every byte of it."""
     return {
         "format": FORMAT,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "database": {"kind": kind, "file": db_file, "alembic_revision": facts.revision, "schema": facts.schema},
         "counts": {"images": facts.rows.get("images", 0), "model_versions": facts.rows.get("model_versions", 0),
                    "files": len(hashes), **{f"{name}_files": n for name, n in counts.items()}, "rows": facts.rows},
@@ -464,7 +464,10 @@ def _backup_sqlite(url: str, target: Path) -> DatabaseFacts:
     with closing(sqlite3.connect(path, timeout=30)) as live, closing(sqlite3.connect(part)) as copy:
         live.backup(copy)
         copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file: no -wal beside it
-        query: Query = lambda sql: copy.execute(sql).fetchall()
+
+        def query(sql: str) -> list[tuple]:
+            return copy.execute(sql).fetchall()
+
         facts = _facts(query, {r[0] for r in query("SELECT name FROM sqlite_master WHERE type = 'table'")})
     with open(part, "rb+") as handle:
         os.fsync(handle.fileno())

@@ -16,11 +16,11 @@ and nothing of the press stays: no row, and no file it copied.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -36,9 +36,18 @@ from bot.store.repositories import (
     UserRepository,
 )
 from bot.store.retry import DatabaseUnavailable, retry_policy
+from ml.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 MAX_SUGGESTION = 200
+
+
+class FeedbackVerdict(StrEnum):
+    """What a user said about a prediction: the ``feedback.verdict`` column (members are its strings)."""
+
+    CORRECT = "correct"  # the top guess was right
+    WRONG = "wrong"  # corrected: another label picked from the list
+    NOT_LISTED = "not_listed"  # not in the list; a typed name may follow as a suggestion
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,8 @@ class FeedbackService:
             raise NotYourPrediction()
         created = prediction.created_at
         if created.tzinfo is None:  # SQLite hands back naive datetimes
-            created = created.replace(tzinfo=timezone.utc)
-        if prediction.pending_path is None or created < datetime.now(timezone.utc) - self.retention:
+            created = created.replace(tzinfo=UTC)
+        if prediction.pending_path is None or created < datetime.now(UTC) - self.retention:
             raise PredictionExpired()
         return prediction
 
@@ -124,13 +133,13 @@ class FeedbackService:
                 return self._checked(session, prediction_id, user_id).top[0]["label"]
 
         label = self.retry.run("check a press", read, read_only=True)
-        return self._label(prediction_id, user_id, "correct", label)
+        return self._label(prediction_id, user_id, FeedbackVerdict.CORRECT, label)
 
     def correct(self, prediction_id: int, user_id: int, label: str) -> str:
         """The user picked ``label`` from the list; returns it."""
         if not self.known_label(label):
             raise UnknownLabel()
-        return self._label(prediction_id, user_id, "wrong", label)
+        return self._label(prediction_id, user_id, FeedbackVerdict.WRONG, label)
 
     def not_listed(self, prediction_id: int, user_id: int) -> None:
         """The model is not in the list: wait for the user to type its name."""
@@ -140,9 +149,10 @@ class FeedbackService:
             with self.sessions.begin() as session:
                 prediction = self._checked(session, prediction_id, user_id)
                 feedback = FeedbackRepository(session)
-                if attempt == 1 or not feedback.stored_since(prediction.id, user_id, "not_listed", None, since):
+                if attempt == 1 or not feedback.stored_since(prediction.id, user_id, FeedbackVerdict.NOT_LISTED,
+                                                             None, since):
                     feedback.add(Feedback(prediction_id=prediction.id, user_id=user_id,
-                                          verdict="not_listed", label=None))
+                                          verdict=FeedbackVerdict.NOT_LISTED, label=None))
                 self._unfile(session, prediction, user_id)
                 self._user(session, user_id).awaiting_suggestion_for = prediction.id
                 return prediction.image_sha1
@@ -170,7 +180,7 @@ class FeedbackService:
         return self.retry.run("store a suggestion", store)
 
     # --- storing ------------------------------------------------------------
-    def _label(self, prediction_id: int, user_id: int, verdict: str, label: str) -> str:
+    def _label(self, prediction_id: int, user_id: int, verdict: FeedbackVerdict, label: str) -> str:
         """Store a labelled answer and file the photo under that label, in one transaction.
 
         Files are changed so that every committed row finds its file: the photo is copied
@@ -259,15 +269,10 @@ class FeedbackService:
 
 def _write_photo(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` through a hidden temporary name: no half-written photo, even on a full disk."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")  # replicas share pids
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _now() -> datetime:
     """When a press started: a retried unit looks for rows stored since then."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

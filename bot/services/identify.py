@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from bot.services.errors import PhotoRejected
 from bot.services.models import ModelHolder, PredictionLike, input_side
 from bot.store.repositories import PredictionRepository, UserRepository
 from bot.store.retry import DatabaseUnavailable, retry_policy
+from ml.atomic import atomic_write_bytes
 from ml.errors import BadImage, CorruptImage, ImageTooLarge, ImageTooSmall, NotAnImage
 from ml.predictor import Guess  # one guess as the bot shows it (the model's own type)
 
@@ -182,9 +182,7 @@ class IdentifyService:
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=92)
                 data = buffer.getvalue()
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            atomic_write_bytes(path, data)  # no half-written photo for a reader, whatever the replica
         return path, created
 
     def store(self, request: PhotoRequest, sha1: str, pending: Path, version: int | None, verdict: str,

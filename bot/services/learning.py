@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.feedback import FeedbackEvent
 from bot.services.identify import Guess
 from bot.services.models import ModelHolder
 from bot.store.models import MemoryEntry
+from bot.store.repositories import MemoryEntryRepository
 from bot.store.retry import DatabaseUnavailable, retry_policy
 from ml.memory import EmbeddingMemory, MemoryItem, l2_normalise
 
@@ -209,12 +209,12 @@ class LearningService:
         def forget(_attempt: int) -> tuple[str, MemoryChange]:
             change = MemoryChange()
             with self.sessions.begin() as session:
-                row = session.scalars(select(MemoryEntry).where(
-                    MemoryEntry.image_sha1 == image_sha1, MemoryEntry.user_id == user_id)).one_or_none()
+                entries = MemoryEntryRepository(session)
+                row = entries.find(image_sha1, user_id)
                 if row is None:
                     return "", change
                 change.removed.append((row.id, memory_key(image_sha1, user_id), row.scope))
-                session.delete(row)
+                entries.delete(row)
                 return row.backbone, change
 
         try:
@@ -237,18 +237,17 @@ class LearningService:
         def store(_attempt: int) -> tuple[str, MemoryChange]:
             change = MemoryChange()
             with self.sessions.begin() as session:
-                rows = list(session.scalars(select(MemoryEntry).where(
-                    MemoryEntry.backbone == backbone, MemoryEntry.image_sha1.in_(sorted(near)))))
+                entries = MemoryEntryRepository(session)
+                rows = entries.for_photos(backbone, near)
                 for row in [row for row in rows if row.image_sha1 == sha1 and row.user_id == user_id]:
                     # A changed answer is a new row (a new id): other processes see the change.
                     change.removed.append((row.id, memory_key(sha1, user_id), row.scope))
-                    session.delete(row)
+                    entries.delete(row)
                     rows.remove(row)
                 session.flush()
-                entry = MemoryEntry(image_sha1=sha1, user_id=user_id, label=label, backbone=backbone,
-                                    vector=vector.astype("<f4").tobytes(), scope=GLOBAL if is_admin else PRIVATE)
-                session.add(entry)
-                session.flush()
+                entry = entries.add(MemoryEntry(image_sha1=sha1, user_id=user_id, label=label, backbone=backbone,
+                                                vector=vector.astype("<f4").tobytes(),
+                                                scope=GLOBAL if is_admin else PRIVATE))
                 similar = [entry, *self._near_identical(rows, vector)]
                 before = {row.id: row.scope for row in similar}
                 if is_admin:
@@ -365,29 +364,20 @@ class LearningService:
                     self._memory = self._load(backbone, dim)
                     self._fingerprint = fingerprint
                 self._trusted_until = now + self.recheck_s
+            assert self._memory is not None
             return self._memory if len(self._memory) else None
 
     def _read_fingerprint(self, backbone: str) -> tuple:
         def read(_attempt: int) -> tuple:
             with self.sessions() as session:
-                count, id_sum, global_sum = session.execute(
-                    select(
-                        func.count(MemoryEntry.id),
-                        func.coalesce(func.sum(MemoryEntry.id), 0),
-                        func.coalesce(func.sum(MemoryEntry.id).filter(MemoryEntry.scope == GLOBAL), 0),
-                    ).where(MemoryEntry.backbone == backbone)
-                ).one()
-                return int(count), int(id_sum), int(global_sum)
+                return MemoryEntryRepository(session).fingerprint(backbone, GLOBAL)
 
         return (backbone, *self.retry.run("read the memory's fingerprint", read, read_only=True))
 
     def _load(self, backbone: str, dim: int) -> EmbeddingMemory:
         def read(_attempt: int) -> list:
             with self.sessions() as session:
-                return list(session.execute(
-                    select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.vector,
-                           MemoryEntry.scope).where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id)
-                ).all())
+                return MemoryEntryRepository(session).vectors(backbone)
 
         rows = self.retry.run("load the memory", read, read_only=True)
         items = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +33,7 @@ class RateLimiter:
         """
         if self.per_minute <= 0:
             return True
-        now = datetime.now(timezone.utc)  # also this photo's key: a retry looks for it first
+        now = datetime.now(UTC)  # also this photo's key: a retry looks for it first
 
         def count(attempt: int) -> bool:
             with self.sessions.begin() as session:  # check and count in one statement: one round trip

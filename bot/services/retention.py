@@ -10,13 +10,11 @@ are deleted only after the rows that pointed at them were committed.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.store.models import Prediction
 from bot.store.repositories import PredictionRepository, RateEventRepository, UpdateClaimRepository
 from bot.store.retry import retry_policy
 
@@ -33,16 +31,17 @@ class RetentionService:
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete what has expired by ``now``; returns how many photos went."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         cutoff = now - self.retention
 
         def purge(_attempt: int) -> set[str]:
             unneeded: set[str] = set()
             with self.sessions.begin() as session:
-                for prediction in PredictionRepository(session).with_pending_photo_before(cutoff):
+                predictions = PredictionRepository(session)
+                for prediction in predictions.with_pending_photo_before(cutoff):
                     path = prediction.pending_path or ""
                     prediction.pending_path = None
-                    if not self._still_needed(session, path, cutoff):
+                    if not predictions.waits_on(path, since=cutoff):  # a younger answer to the same photo
                         unneeded.add(path)
                 RateEventRepository(session).purge_before(now - timedelta(days=1))
                 UpdateClaimRepository(session).purge_before(now - timedelta(days=1))  # Telegram keeps updates 24 h
@@ -56,9 +55,3 @@ class RetentionService:
         if deleted:
             log.info("retention deleted %d pending photos", deleted)
         return deleted
-
-    @staticmethod
-    def _still_needed(session: Session, path: str, cutoff: datetime) -> bool:
-        """Whether a younger prediction still waits on the same pending file."""
-        query = select(Prediction.id).where(Prediction.pending_path == path, Prediction.created_at >= cutoff)
-        return session.scalars(query).first() is not None

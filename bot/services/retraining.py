@@ -3,8 +3,9 @@
 Training data is every ``images`` row with status ``train`` (users, scraper, datasets)
 plus what the current model carries: the features of the photos it was built from
 (``ml.carried``), so a retrain needs no dataset on this machine and never loses a class.
-Splits are fixed once chosen and derived from the content hash, so they never move
-between retrains: photos from users go to train/val only, never into the held-out test
+Splits are drawn by the ML package's one split (``ml.data.split_dataset``: stratified per
+label, each photo placed by a seeded hash of its sha1) and stored once chosen, so they never
+move between retrains: photos from users go to train/val only, never into the held-out test
 set; scraped and dataset images may land in test (10%). Candidate and current model are
 compared on the same test photos: the ones the current model carries plus the database's.
 
@@ -25,8 +26,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.registry import (
@@ -37,12 +38,16 @@ from bot.registry import (
     VersionInfo,
     features_evaluator,
 )
-from bot.store.models import Feedback, Image, ModelVersion, SneakerClass
+from bot.store.repositories import FeedbackRepository, ImageRepository, ModelVersionRepository, SneakerClassRepository
 
 log = logging.getLogger(__name__)
 
 USER_SOURCE = "user"
-CORRECTION = "wrong"
+SPLIT_SEED = 0
+VAL_FRACTION = 0.10
+TEST_FRACTION = 0.10  # of scraped and dataset photos; users' photos never go to test
+STAGES = {"embedding": "embedding photos", "training": "training the head",
+          "comparing": "comparing with the current model"}
 
 
 @dataclass(frozen=True)
@@ -71,39 +76,74 @@ class RetrainOutcome:
         verb = "promoted" if self.decision.promoted else "rejected"
         return f"version {self.decision.version} {verb}: {self.decision.reason}"
 
+    def as_payload(self) -> dict[str, Any]:
+        """The outcome as plain JSON values, for the outbox (``bot.render_admin.retrain_result`` words it)."""
+        decision = self.decision
+        if decision is None:
+            return {"skipped": self.skipped}
+        per_label = decision.new_classes.per_label if decision.new_classes is not None else None
+        return {
+            "skipped": None,
+            "version": decision.version,
+            "promoted": decision.promoted,
+            "reason": decision.reason,
+            "candidate": _figures(decision.candidate),
+            "current": _figures(decision.current) if decision.current is not None else None,
+            "current_version": decision.current_version,
+            "new_classes": {label: {"recall": float(row["recall"]), "n": int(row["n"])}
+                            for label, row in per_label.items()} if per_label is not None else None,
+        }
 
-def split_for(sha1: str, source: str) -> str:
-    """The fixed split of an image from its content hash; user photos never go to test."""
-    bucket = int(sha1[:8], 16) % 100
-    if source == USER_SOURCE:
-        return "val" if bucket < 10 else "train"
-    if bucket < 10:
-        return "test"
-    return "val" if bucket < 20 else "train"
+
+def _figures(result: Any) -> dict[str, float]:
+    return {"top1": float(result.top1), "top3": float(result.top3), "n": int(result.n)}
+
+
+def draw_splits(rows: list[tuple[Any, str, str, str]]) -> dict[Any, str]:
+    """``{key: split}`` for ``(key, sha1, label, source)`` rows, by ``ml.data.split_dataset``.
+
+    Users' photos and the others are drawn apart: users' photos with no test share (a user's
+    photo is never held out, so the test set stays made of photos nobody chose to send),
+    the others with ``TEST_FRACTION``. Pass every image, split or not: a photo's place then
+    depends on its hash among all the photos of its label, not on which came in together.
+    """
+    if not rows:
+        return {}
+    import pandas as pd
+
+    from ml.data import split_dataset  # imported here: the bot process never draws splits
+
+    frame = pd.DataFrame(rows, columns=["key", "sha1", "label", "source"])
+    splits: dict[Any, str] = {}
+    for is_user, part in frame.groupby(frame["source"] == USER_SOURCE):
+        drawn = split_dataset(part, seed=SPLIT_SEED, val=VAL_FRACTION, test=0.0 if is_user else TEST_FRACTION)
+        splits.update(zip(drawn["key"], drawn["split"], strict=True))
+    return splits
 
 
 def assign_splits(sessions: sessionmaker[Session]) -> int:
-    """Give every image without a split its fixed one; returns how many were assigned."""
+    """Give every image without a split its split (kept from then on); returns how many were assigned."""
     with sessions.begin() as session:
-        rows = list(session.scalars(select(Image).where(Image.split.is_(None))))
-        for row in rows:
-            row.split = split_for(row.sha1, row.source)
-        return len(rows)
+        images = ImageRepository(session)
+        rows = images.split_keys()
+        if all(split is not None for *_, split in rows):
+            return 0
+        drawn = draw_splits([(image_id, sha1, label, source) for image_id, sha1, label, source, _ in rows])
+        new = {image_id: drawn[image_id] for image_id, *_, split in rows if split is None}
+        images.set_splits(new)
+        return len(new)
 
 
 def database_images(sessions: sessionmaker[Session], data_dir: Path) -> list[TrainingImage]:
-    """Training images from the database whose files exist (paths are data-dir relative)."""
+    """Training images from the database whose files exist (paths are data-dir relative); call
+    ``assign_splits`` first (an image without a split is left out)."""
     with sessions() as session:
-        rows = session.execute(
-            select(Image.path, Image.label, Image.sha1, Image.split, Image.source).where(
-                Image.status == "train"
-            )
-        ).all()
+        rows = ImageRepository(session).training_files()
     images = []
     for path, label, sha1, split, source in rows:
         full = Path(path) if Path(path).is_absolute() else data_dir / path
-        if full.is_file():
-            images.append(TrainingImage(full, label, sha1, split or split_for(sha1, source), source))
+        if split is not None and full.is_file():
+            images.append(TrainingImage(full, label, sha1, split, source))
     return images
 
 
@@ -120,28 +160,20 @@ def snapshot(images: list[TrainingImage]) -> dict:
 def count_new_corrections(sessions: sessionmaker[Session]) -> int:
     """Corrections no retrain has used yet."""
     with sessions() as session:
-        return session.scalar(
-            select(func.count())
-            .select_from(Feedback)
-            .where(Feedback.verdict == CORRECTION, Feedback.consumed_by_version.is_(None))
-        ) or 0
+        return FeedbackRepository(session).count_unused_corrections()
 
 
 def last_snapshot_sha1s(sessions: sessionmaker[Session]) -> set[str]:
     """The sha1s of the newest decided version's data (promoted or not; a ``failed`` run decided nothing)."""
     with sessions() as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.status != "failed")
-                             .order_by(ModelVersion.version.desc()).limit(1))
+        row = ModelVersionRepository(session).newest_decided()
         return set((row.data_snapshot or {}).get("sha1", [])) if row else set()
 
 
 def consume_feedback(sessions: sessionmaker[Session], version: int) -> int:
     """Mark all unused feedback as used by ``version`` (so it is not counted as new again)."""
     with sessions.begin() as session:
-        result = session.execute(
-            update(Feedback).where(Feedback.consumed_by_version.is_(None)).values(consumed_by_version=version)
-        )
-        return result.rowcount or 0
+        return FeedbackRepository(session).consume_unused(version)
 
 
 def release_feedback(sessions: sessionmaker[Session], versions: list[int]) -> int:
@@ -149,10 +181,18 @@ def release_feedback(sessions: sessionmaker[Session], versions: list[int]) -> in
     if not versions:
         return 0
     with sessions.begin() as session:
-        result = session.execute(
-            update(Feedback).where(Feedback.consumed_by_version.in_(versions)).values(consumed_by_version=None)
-        )
-        return result.rowcount or 0
+        return FeedbackRepository(session).release(versions)
+
+
+def stage_line(stage: str, done: int, total: int) -> str:
+    """A retrain's progress in one line, for ``/status`` and the admins' messages:
+    "retrain: embedding photos 1,200 / 6,129"."""
+    what = STAGES.get(stage, stage)
+    if stage == "comparing":
+        return f"retrain: {what}"
+    if done == 0:
+        return f"retrain: {stage} {total:,} {'photos' if stage == 'embedding' else 'steps'}"
+    return f"retrain: {what} {done:,} / {total:,}"
 
 
 INTERRUPTED = "interrupted: the worker stopped before the promotion gate decided; never served"
@@ -198,7 +238,7 @@ def recover_interrupted_retrains(sessions: sessionmaker[Session], registry: Mode
 def display_names(sessions: sessionmaker[Session]) -> dict[str, str]:
     """The catalogue's names (``/addclass``): a new class is named as the admin named it."""
     with sessions() as session:
-        return dict(session.execute(select(SneakerClass.label, SneakerClass.display_name)).all())
+        return SneakerClassRepository(session).display_names()
 
 
 def held_out(current: VersionInfo, images: list[TrainingImage]) -> list[HeldOutImage]:
@@ -213,7 +253,7 @@ def held_out(current: VersionInfo, images: list[TrainingImage]) -> list[HeldOutI
     test: dict[str, HeldOutImage] = {}
     if carried is not None:
         rows = carried.select(split="test", view="center").frame
-        test = {sha: HeldOutImage(None, label, sha) for sha, label in zip(rows["sha1"], rows["label"])}
+        test = {sha: HeldOutImage(None, label, sha) for sha, label in zip(rows["sha1"], rows["label"], strict=True)}
     for image in images:
         if image.split == "test" or image.sha1 in test:
             test[image.sha1] = HeldOutImage(image.path, image.label, image.sha1)

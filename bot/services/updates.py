@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 from telegram import Update
@@ -56,7 +56,7 @@ class UpdateClaims:
         need the database too).
         """
         def take(_attempt: int) -> str:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             with self.sessions.begin() as session:
                 return UpdateClaimRepository(session).claim(update_id, self.instance, now,
                                                             lease_before=now - self.lease)
@@ -75,7 +75,7 @@ class UpdateClaims:
         """Mark the update handled (a failure only leaves it to the lease)."""
         def mark(_attempt: int) -> None:
             with self.sessions.begin() as session:
-                UpdateClaimRepository(session).finish(update_id, self.instance, datetime.now(timezone.utc))
+                UpdateClaimRepository(session).finish(update_id, self.instance, datetime.now(UTC))
 
         try:
             self.retry.run("finish an update", mark)

@@ -2,13 +2,15 @@
 
 One database holds everything that must survive a restart: users, predictions,
 feedback, images (from users, the scraper and datasets), the sneaker catalogue,
-name suggestions, the model registry and scrape runs. APScheduler keeps its own
-job table in the same database.
+name suggestions, the model registry, scrape runs, the admins' requests to the worker
+and the worker's messages back (the outbox). APScheduler keeps its own job table
+(``JOB_TABLE``) in the same database.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -26,10 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+#: APScheduler's job table (``bot.jobs.scheduler`` writes it; ``/status`` reads the next run times).
+JOB_TABLE = "apscheduler_jobs"
+
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the store uses."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -219,20 +224,68 @@ class MemoryEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Notification(Base):
-    """A message for a chat, written by the worker and sent by a bot process (the outbox).
+class NotificationKind(StrEnum):
+    """What a notification reports; its ``payload`` holds the values, ``bot.render_admin`` the words."""
 
-    The worker needs no Telegram token and may run on another machine: it leaves
-    what it has to say here (e.g. "/retrain finished: promoted") and the bot sends it.
+    TEXT = "text"  # {"text"}: a plain message (rows from before the outbox was structured)
+    RETRAIN_STAGE = "retrain_stage"  # {"stage", "done", "total"}
+    RETRAIN_RESULT = "retrain_result"  # ``RetrainOutcome.as_payload()``
+    RETRAIN_FAILED = "retrain_failed"  # {"reason", "current_version", "job": the automatic job's id or None}
+    SCRAPE_RESULT = "scrape_result"  # {"label", "found", "stored", "duplicates", "rejected", "failed", "blocked",
+    #                                   "retrain_queued"}
+    SCRAPE_SKIPPED = "scrape_skipped"  # {"label", "budget", "retrain_queued"}: today's budget is used up
+    WORKER_RECOVERED = "worker_recovered"  # {"summary", "current_version"}: a restart cleared a killed retrain
+
+
+class Notification(Base):
+    """An outcome for a chat, written by the worker and sent by a bot process (the outbox).
+
+    The worker needs no Telegram token and may run on another machine: it leaves what
+    happened here as a ``kind`` and a JSON ``payload`` (e.g. ``retrain_result`` with the
+    versions and metrics), and the bot renders it (``bot.render_admin.notification``) when it
+    sends it, so the wording lives in one place and the worker never imports Telegram code.
     """
 
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
-    text: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class RequestKind(StrEnum):
+    """What an admin asked the worker for."""
+
+    RETRAIN = "retrain"  # {} (``/retrain``; an ``/addclass`` scrape asks for one when it is done)
+    SCRAPE = "scrape"  # {"label", "max_items", "then_retrain"} (``/scrape``, ``/addclass``)
+
+
+def request_job_id(kind: str, label: str | None = None) -> str:
+    """The job a request runs as, in ``job_runs`` and ``/status``: ``retrain_now`` or ``scrape_now:<label>``."""
+    return "retrain_now" if kind == RequestKind.RETRAIN else f"scrape_now:{label}"
+
+
+class AdminRequest(Base):
+    """Work an admin asked the worker for, waiting for the worker's request jobs to take it.
+
+    Why a row and not a one-off scheduler job: the bot then needs no scheduler and no job
+    function's dotted path, the worker reads requests with an ordinary interval job, and a
+    request asked for twice before the worker looked (same ``job_id``) runs once, telling
+    every chat that asked. ``taken_at`` is set when a worker takes it.
+    """
+
+    __tablename__ = "admin_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str] = mapped_column(String(96), index=True)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    chat_ids: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    taken_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class JobRun(Base):
