@@ -20,7 +20,7 @@ class TrainConfig:
     data_dir: str
     out_dir: str
     backbone: str = "efficientnet_lite0"
-    mode: str = "head"
+    mode: str = "finetune"
     epochs: int | None = None  # head: 200 full-batch steps x this; finetune: passes over train
     batch_size: int = 32
     lr: float | None = None
@@ -50,6 +50,8 @@ class TrainConfig:
     target_precision: float = 0.9  # unsure threshold: confident answers must be this precise on val
     footwear_quantile: float = 0.02  # footwear threshold: this share of val sneakers may be "not_sneaker"
     familiar_quantile: float = 0.25  # "familiar" threshold: this share of val sneakers is less familiar
+    negatives: str | None = None  # folder with sneakers/ and not_sneakers/: photos that are none of the classes
+    holdout_groups: list[str] | None = None  # negative groups never trained on (None: ml.negatives' default)
     extra: dict = field(default_factory=dict)
 
     def resolved(self, backbone: Backbone) -> TrainConfig:

@@ -47,10 +47,11 @@ class Prediction:
     """The answer for one image: top-k guesses, a verdict, the footwear score and the embedding."""
 
     top: list[Guess]
-    verdict: str  # "sneaker" | "unsure" | "not_sneaker"
+    verdict: str  # an ml.verdicts.Verdict value: "sneaker" | "unsure" | "unknown_sneaker" | "not_sneaker"
     footwear_score: float | None  # None: not computed, the photo looks like a sneaker the model knows
     embedding: np.ndarray
     familiarity: float | None = None  # cosine similarity to the nearest class centroid
+    detail: str | None = None  # an ml.verdicts.Detail value, e.g. "other_footwear" (a shoe, not a sneaker)
 
     @property
     def best(self) -> Guess:

@@ -12,7 +12,19 @@ class Verdict(StrEnum):
 
     SNEAKER = "sneaker"  # a confident answer
     UNSURE = "unsure"  # guesses, flagged as unsure
-    NOT_SNEAKER = "not_sneaker"  # the footwear score says it is not a shoe
+    NOT_SNEAKER = "not_sneaker"  # not a shoe at all, or a shoe that is not a sneaker (boot, sandal, heel...)
+    UNKNOWN_SNEAKER = "unknown_sneaker"  # a sneaker, but not one of the models the bot knows yet
+
+
+class Detail(StrEnum):
+    """Why a verdict was given, where the reply words it differently (``Prediction.detail``)."""
+
+    OTHER_FOOTWEAR = "other_footwear"  # not_sneaker: a shoe, but not a sneaker
+
+
+# Head outputs after the known classes in a model trained with negatives (``--negatives``):
+# "some other sneaker" and "some other shoe". They are never a class users can pick.
+OPEN_SET_OUTPUTS = ("_other_sneaker", "_other_footwear")
 
 
 VERDICTS = tuple(v.value for v in Verdict)  # plain strings: keys of metrics files

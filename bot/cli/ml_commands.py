@@ -25,7 +25,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a model on DATA_DIR/<label>/* and write a model directory.")
     p.add_argument("data_dir", type=Path)
     p.add_argument("--backbone", default=None, help="registered backbone (default: settings.backbone)")
-    p.add_argument("--mode", choices=["head", "finetune"], default="head")
+    p.add_argument("--mode", choices=["finetune", "head"], default="finetune",
+                   help="finetune (default): train the last blocks too; head: a linear head on frozen features")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="model directory (default: <model dir>/<timestamp>)")
     p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the backbone's)")
@@ -40,8 +41,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip-view", action="store_true", help="head: do not embed mirrored train images")
     p.add_argument("--exclude", type=Path, default=None,
                    help="sha1 list (label audit) to leave out of train, val and test")
-    p.add_argument("--augment", choices=["standard", "strong"], default="standard",
-                   help="finetune: train views (strong: random-resized crops and random erasing)")
+    p.add_argument("--augment", choices=["standard", "strong", "phone"], default="standard",
+                   help="finetune: train views (strong: random-resized crops and random erasing; "
+                        "phone: also the degradations of photos people take, ml.degrade)")
+    p.add_argument("--negatives", type=Path, default=None, metavar="DIR",
+                   help="a folder of photos that are none of the classes: DIR/sneakers/... (other sneakers) "
+                        "and DIR/not_sneakers/... (other footwear); the model learns to say so")
+    p.add_argument("--holdout-groups", default=None,
+                   help="comma-separated negative groups (sub-folders) kept out of training, val and "
+                        "thresholds, to measure sneakers nobody trained on (default: vans,reebok)")
     p.add_argument("--distill-imagenet", type=float, default=0.0, metavar="WEIGHT",
                    help="finetune: also keep the frozen ImageNet head's answer (a regulariser; e.g. 1.0)")
     p.add_argument("--teacher", type=Path, default=None, metavar="MODEL_DIR",
@@ -72,6 +80,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         patience=args.patience, aug_views=args.aug_views, flip_view=not args.no_flip_view,
         exclude_file=str(args.exclude) if args.exclude else None,
         init_from=str(args.init_from) if args.init_from else None, augment=args.augment,
+        negatives=str(args.negatives) if args.negatives else None,
+        holdout_groups=args.holdout_groups.split(",") if args.holdout_groups else None,
         distill_imagenet=args.distill_imagenet, teacher=str(args.teacher) if args.teacher else None,
         teacher_weight=args.teacher_weight,
         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
