@@ -24,21 +24,54 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from telegram import Bot, Update
+from telegram.ext import Application
 
 from bot.metrics import CONTENT_TYPE, BotMetrics
+from bot.services.models import ServedModel
 
 if TYPE_CHECKING:
-    from bot.app import BotRuntime
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ServedModels(Protocol):
+    """Where the model being served is read (``bot.services.models.ModelHolder``)."""
+
+    def current(self) -> ServedModel: ...
+
+
+class ServedServices(Protocol):
+    """The part of the bot's services the web server reads."""
+
+    @property
+    def models(self) -> ServedModels: ...
+
+
+class Runtime(Protocol):
+    """What the web server needs of a running bot (``bot.app.BotRuntime``), named here so that this
+    module does not import the app that builds it."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def services(self) -> ServedServices: ...
+
+    @property
+    def application(self) -> Application[Any, Any, Any, Any, Any, Any]: ...
+
+    @property
+    def metrics(self) -> BotMetrics: ...
+
+
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 # Telegram accepts 1-256 of these; we ask for 16 at least (a guessable secret lets anyone post updates,
 # and the log redaction leaves values under 8 characters alone).
@@ -113,7 +146,7 @@ class BotWebServer:
                  db_timeout: float = READY_DB_TIMEOUT_S) -> None:
         self.host, self.port = host, port
         self.webhook = webhook
-        self.runtime: BotRuntime | None = None
+        self.runtime: Runtime | None = None
         self.refused = 0  # webhook POSTs refused for a missing or wrong secret
         self._metrics = metrics
         self._shutdown_timeout = shutdown_timeout
@@ -136,7 +169,7 @@ class BotWebServer:
         """Whether the server is listening."""
         return self._runner is not None
 
-    def attach(self, runtime: BotRuntime) -> None:
+    def attach(self, runtime: Runtime) -> None:
         """Serve this runtime: its readiness, its metrics and (webhook mode) its update queue."""
         self.runtime = runtime
 
