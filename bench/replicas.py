@@ -31,7 +31,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from bench.load import (
     users_in_child,
 )
 from bench.machine import machine_line
+from bot.store.db import temporary_schema
 
 HOOK_PATH = "/telegram/webhook"
 SECRET = "bench_replicas-secret-0123"
@@ -110,23 +110,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def fresh_schema(base_url: str):  # noqa: ANN201 - yields the URL of a new schema, dropped afterwards
-    from sqlalchemy import create_engine, text
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base_url else "?"
-    try:
-        yield f"{base_url}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @dataclass
@@ -264,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(machine_line() + " (at start)", flush=True)
     started = time.monotonic()
-    with fresh_schema(base) as db_url:
+    with temporary_schema(base, "bench") as db_url:
         status = asyncio.run(run(args, db_url))
     print(f"bench.replicas took {time.monotonic() - started:.0f} s")
     return status

@@ -13,13 +13,11 @@ PostgreSQL schema dropped afterwards.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine, text
 
 if TYPE_CHECKING:  # imported where used: tests of ml/ and scraper/ should not load the bot
     import httpx
@@ -42,18 +40,10 @@ def postgres_url() -> str:
 @pytest.fixture
 def postgres_schema_url() -> Iterator[str]:
     """A URL whose connections use a brand-new PostgreSQL schema, dropped after the test."""
-    base = postgres_url()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    from bot.store.db import temporary_schema
+
+    with temporary_schema(postgres_url(), "t") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
