@@ -7,7 +7,10 @@ gives a do-nothing stand-in when the Application was built without one.
 - ``sneakerbot_updates_total{kind}``: updates received, by kind (photo, document, callback,
   command, other), counted by a ``TypeHandler`` in group -1 before any other handler;
 - ``sneakerbot_photo_reply_seconds``: from the photo handler starting to its answer being sent;
-- ``sneakerbot_predictions_total{verdict}``: predictions made (sneaker, unsure, not_sneaker);
+- ``sneakerbot_predictions_total{verdict}``: predictions made, by ``ml.verdicts.Verdict`` (sneaker,
+  unsure, not_sneaker, unknown_sneaker);
+- ``sneakerbot_prediction_details_total{detail}``: of those, the ones with an ``ml.verdicts.Detail``
+  (other_footwear: a not_sneaker that is a shoe, not a sneaker);
 - ``sneakerbot_feedback_total{kind}``: feedback stored, by button (correct, wrong, sneaker,
   label, not_listed);
 - ``sneakerbot_model_version``: the model version served now (read at scrape time; 0 when the
@@ -24,7 +27,7 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from telegram import Update
 
-from ml.verdicts import VERDICTS
+from ml.verdicts import VERDICTS, Detail
 
 METRICS_KEY = "metrics"  # where the Application's ``bot_data`` keeps the runtime's metrics
 UPDATE_KINDS = ("photo", "document", "callback", "command", "other")
@@ -78,6 +81,8 @@ class BotMetrics:
                                        "answer being sent", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.predictions = Counter("sneakerbot_predictions", "Predictions made, by verdict", ["verdict"],
                                    registry=self.registry)
+        self.prediction_details = Counter("sneakerbot_prediction_details", "Predictions with a detail "
+                                          "(why the verdict was given), by detail", ["detail"], registry=self.registry)
         self.feedback_stored = Counter("sneakerbot_feedback", "Feedback stored, by kind", ["kind"],
                                        registry=self.registry)
         self.model_version = Gauge("sneakerbot_model_version", "The model version served", registry=self.registry)
@@ -87,6 +92,8 @@ class BotMetrics:
             self.updates.labels(kind)
         for verdict in VERDICTS:
             self.predictions.labels(verdict)
+        for detail in Detail:
+            self.prediction_details.labels(detail.value)
         for kind in FEEDBACK_KINDS.values():
             self.feedback_stored.labels(kind)
 
@@ -95,9 +102,11 @@ class BotMetrics:
         """Count one update by its kind."""
         self.updates.labels(update_kind(update)).inc()
 
-    def prediction(self, verdict: str) -> None:
-        """Count one prediction."""
+    def prediction(self, verdict: str, detail: str | None = None) -> None:
+        """Count one prediction, and its detail when it has one."""
         self.predictions.labels(verdict).inc()
+        if detail is not None:
+            self.prediction_details.labels(detail).inc()
 
     def photo_answered(self, seconds: float) -> None:
         """A photo got its answer ``seconds`` after its handler started."""
@@ -132,7 +141,7 @@ class _NoMetrics(BotMetrics):
     def update_received(self, update: object) -> None:
         pass
 
-    def prediction(self, verdict: str) -> None:
+    def prediction(self, verdict: str, detail: str | None = None) -> None:
         pass
 
     def photo_answered(self, seconds: float) -> None:

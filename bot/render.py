@@ -16,7 +16,7 @@ from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.services.identify import Guess, IdentifyResult
 from bot.services.models import ClassInfoLike
-from ml.verdicts import Verdict
+from ml.verdicts import Detail, Verdict
 
 PAGE_SIZE = 8
 MAX_CALLBACK_BYTES = 64
@@ -33,11 +33,11 @@ class Action(StrEnum):
     """The button actions (one letter each, to keep data short); members are the letters themselves."""
 
     CORRECT = "c"
-    WRONG = "w"
+    WRONG = "w"  # ❌ Wrong, "Change answer", and "It is one of yours" under an unknown-sneaker answer
     SNEAKER = "s"  # "It is a sneaker" under a not-a-sneaker answer
     PAGE = "p"
     LABEL = "l"
-    NOT_LISTED = "n"
+    NOT_LISTED = "n"  # "Not listed" in the list, and "Tell me its name" under an unknown-sneaker answer
     NOOP = "x"  # the page counter
 
 
@@ -126,6 +126,7 @@ def help_text(retention_days: int, max_mb: int, per_minute: int) -> str:
         "• Albums work too: I answer every photo in it, each one as a reply to its photo.\n"
         f"• Files up to {max_mb} MB, up to {per_minute} photos a minute.\n"
         "• ✅ Correct confirms my first guess; ❌ Wrong lets you pick the right model or type its name.\n"
+        "• A sneaker I don't know yet: I say so, and you can tell me its name for the admins.\n"
         "• You can change your answer later; the last one counts.\n\n"
     ) + privacy_text(retention_days)
 
@@ -158,14 +159,37 @@ NOT_SNEAKER_TEXT = (
     "🙈 This doesn't look like a sneaker to me. Please try a clearer photo: one shoe, "
     "side view, good light.\n\nIf it is a sneaker, tap below and tell me which one."
 )
+OTHER_FOOTWEAR_TEXT = (
+    "👞 That's a shoe, but not a sneaker as far as I can tell, and I only know sneakers.\n\n"
+    "If it is a sneaker, tap below and tell me which one."
+)
+UNKNOWN_SNEAKER_HEADER = "🆕 That's a sneaker, but not a model I know yet."
+CLOSEST_HEADER = "The closest models I know (not a match):"
+UNKNOWN_SNEAKER_ASK = (
+    "Do you know which model it is? Tell me its name and I'll pass it on to the admins. "
+    "If it is one of the models I know, pick it from my list."
+)
 
 
 def answer_text(result: IdentifyResult) -> str:
     """The reply to a photo."""
     if result.verdict == Verdict.NOT_SNEAKER:
-        return NOT_SNEAKER_TEXT
+        return OTHER_FOOTWEAR_TEXT if result.detail == Detail.OTHER_FOOTWEAR else NOT_SNEAKER_TEXT
+    if result.verdict == Verdict.UNKNOWN_SNEAKER:
+        return unknown_sneaker_text(result.guesses)
     header = VERDICT_HEADERS.get(result.verdict, VERDICT_HEADERS[Verdict.UNSURE])
     return f"{header}\n{guesses_text(result.guesses)}\n\nIs the first one right?"
+
+
+def unknown_sneaker_text(closest: Sequence[Guess]) -> str:
+    """A sneaker the model does not know: say so, and name the nearest known models as that, not as an answer.
+
+    Their scores are left out on purpose: "Air Jordan 5 — 41%" reads as a guess.
+    """
+    lines = [UNKNOWN_SNEAKER_HEADER]
+    if closest:
+        lines += ["", CLOSEST_HEADER, *(f"• {guess.display_name}" for guess in closest)]
+    return "\n".join([*lines, "", UNKNOWN_SNEAKER_ASK])
 
 
 def search_url(template: str, display_name: str) -> str:
@@ -174,11 +198,16 @@ def search_url(template: str, display_name: str) -> str:
 
 
 def answer_keyboard(result: IdentifyResult, search_template: str) -> InlineKeyboardMarkup:
-    """Correct/Wrong and a search link, or "It is a sneaker" for a not-a-sneaker answer."""
+    """Correct/Wrong and a search link; "It is a sneaker" for a not-a-sneaker answer; for a sneaker the
+    model does not know, its name (the "Not listed" flow) or a pick from the known models (the Wrong flow)."""
     pid = result.prediction_id
     if result.verdict == Verdict.NOT_SNEAKER:
         sneaker = InlineKeyboardButton("👟 It is a sneaker", callback_data=encode(Action.SNEAKER, pid))
         return InlineKeyboardMarkup([[sneaker]])
+    if result.verdict == Verdict.UNKNOWN_SNEAKER:
+        name = InlineKeyboardButton("✍️ Tell me its name", callback_data=encode(Action.NOT_LISTED, pid))
+        known = InlineKeyboardButton("📋 It is one of yours", callback_data=encode(Action.WRONG, pid))
+        return InlineKeyboardMarkup([[name], [known]])
     rows = [[InlineKeyboardButton("✅ Correct", callback_data=encode(Action.CORRECT, pid)),
              InlineKeyboardButton("❌ Wrong", callback_data=encode(Action.WRONG, pid))]]
     if result.guesses:

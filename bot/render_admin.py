@@ -201,8 +201,12 @@ def suggestion_decided(text: str, accepted: bool, label: str | None) -> str:
 
 
 def stats(view: StatsView) -> str:
-    """``/stats``: accuracy from user feedback per class over the last days, confused pairs."""
-    lines = [f"Feedback of the last {view.days} days: {view.total} answers, accuracy {_pct(view.accuracy)}"]
+    """``/stats``: accuracy from user feedback per class over the last days, confused pairs, photos per verdict.
+
+    A verdict that named no model stands for the prediction: "unknown_sneaker → air_jordan_9".
+    """
+    lines = [f"Feedback of the last {view.days} days: {view.total} answers, accuracy {_pct(view.accuracy)}",
+             verdict_line(view.verdicts, view.details)]
     for label, correct, total in view.per_class:
         lines.append(f"• {label}: {correct}/{total} ({_pct(correct / total if total else None)})")
     if view.confused:
@@ -210,6 +214,13 @@ def stats(view: StatsView) -> str:
         for predicted, actual, count in view.confused:
             lines.append(f"• {predicted} → {actual}: {count}")
     return "\n".join(lines)
+
+
+def verdict_line(verdicts: Mapping[str, int], details: Mapping[str, int]) -> str:
+    """"Photos: 12 — sneaker 8, unsure 1, not_sneaker 2, unknown_sneaker 1; details: other_footwear 1"."""
+    shown = ", ".join(f"{verdict} {count}" for verdict, count in verdicts.items())
+    why = ", ".join(f"{detail} {count}" for detail, count in details.items() if count)
+    return f"Photos: {sum(verdicts.values())} — {shown}" + (f"; details: {why}" if why else "")
 
 
 def _dig(data: dict, *keys: str) -> Any:

@@ -177,8 +177,11 @@ class TestUser:
         return await self.edit()
 
     async def correct(self, answer: dict, choice: str) -> dict:
-        """❌ Wrong (or "It is a sneaker"), then the list's button ``choice``; returns the message after that edit."""
-        wrong = "Wrong" if any("Wrong" in text for text in button_texts(answer)) else "It is a sneaker"
+        """❌ Wrong (or "It is a sneaker", "It is one of yours"), then the list's button ``choice``; returns the
+        message after that edit."""
+        texts = button_texts(answer)
+        wrong = next(label for label in ("Wrong", "It is a sneaker", "It is one of yours")
+                     if any(label in text for text in texts))
         await self.press(answer, wrong)
         listing = await self.edit()
         await self.press(listing, choice)
@@ -280,13 +283,16 @@ class ColourPrediction:
     verdict: str
     footwear_score: float
     embedding: Any = None
+    detail: str | None = None
 
 
 class ColourIdentifier:
     """A deterministic test double for the ``Identifier`` protocol (tests only, until a real model is used).
 
     It reads the photo's mean colour: red means a confident "Air Jordan 11", blue an
-    unsure guess, anything else "not a sneaker". It knows 20 models (three pages of buttons).
+    unsure guess, green a sneaker it does not know (Air Jordan 8 to 10 the closest),
+    yellow a shoe that is not a sneaker ("other_footwear"), anything else "not a sneaker".
+    It knows 20 models (three pages of buttons).
     """
 
     classes = [ClassInfo(f"air_jordan_{n}", f"Air Jordan {n}") for n in range(1, 21)]
@@ -300,6 +306,11 @@ class ColourIdentifier:
             return ColourPrediction(self._top([11, 12, 13], [0.87, 0.06, 0.03], k), "sneaker", 0.95)
         if blue > red + 60 and blue > green + 60:
             return ColourPrediction(self._top([5, 6, 7], [0.41, 0.32, 0.12], k), "unsure", 0.7)
+        if green > red + 60 and green > blue + 60:
+            return ColourPrediction(self._top([8, 9, 10], [0.24, 0.19, 0.11], k), "unknown_sneaker", 0.9)
+        if red > blue + 60 and green > blue + 60:
+            return ColourPrediction(self._top([1, 2, 3], [0.3, 0.2, 0.1], k), "not_sneaker", 0.6,
+                                    detail="other_footwear")
         return ColourPrediction(self._top([1, 2, 3], [0.2, 0.1, 0.05], k), "not_sneaker", 0.05)
 
     def _top(self, numbers: list[int], scores: list[float], k: int) -> list[Guess]:
@@ -307,6 +318,7 @@ class ColourIdentifier:
 
 
 RED, BLUE, GREY = (200, 30, 30), (30, 40, 210), (128, 128, 128)
+GREEN, YELLOW = (30, 190, 40), (210, 190, 30)  # an unknown sneaker, and a shoe that is not a sneaker
 
 
 async def wait_until(check: Any, *, timeout: float = WAIT, what: str = "the condition") -> None:

@@ -55,7 +55,7 @@ async def confirm(query: CallbackQuery, callback: render.Callback, context: BotC
 
 
 async def show_models(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
-    """❌ Wrong, "It is a sneaker", "Change answer" and ◀ ▶: the paged list of models."""
+    """❌ Wrong, "It is a sneaker", "It is one of yours", "Change answer" and ◀ ▶: the paged list of models."""
     await asyncio.to_thread(context.services.feedback.check, callback.prediction_id, query.from_user.id)
     page = int(callback.arg) if callback.action == render.Action.PAGE and (callback.arg or "").isdigit() else 0
     await _answer(query)
@@ -75,7 +75,8 @@ async def pick_label(query: CallbackQuery, callback: render.Callback, context: B
 
 
 async def not_listed(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
-    """"Not listed": ask for the name; the next text message is the suggestion."""
+    """"Not listed" (or "Tell me its name" under an unknown sneaker): ask for the name; the next text
+    message is the suggestion."""
     await asyncio.to_thread(context.services.feedback.not_listed, callback.prediction_id, query.from_user.id)
     await _answer(query)
     await _edit(query, render.ASK_NAME_TEXT, render.change_keyboard(callback.prediction_id))
@@ -119,7 +120,7 @@ async def _edit(query: CallbackQuery, text: str, keyboard: InlineKeyboardMarkup)
 
 
 async def on_text(update: Update, context: BotContext) -> None:
-    """A typed name after "Not listed" becomes a suggestion; other text gets the how-to."""
+    """A typed name after "Not listed" or "Tell me its name" becomes a suggestion; other text gets the how-to."""
     message = update.effective_message
     try:
         suggestion = await asyncio.to_thread(context.services.feedback.suggest, message.from_user.id, message.text)

@@ -80,7 +80,7 @@ async def identify_and_reply(message: Message, file_id: str, context: BotContext
     if result.reply_message_id is not None:  # the same update again (the bot stopped before confirming it)
         log.info("message %s in chat %s was answered before: not answering twice", message.message_id, message.chat_id)
         return
-    metrics_of(context).prediction(result.verdict)
+    metrics_of(context).prediction(result.verdict, result.detail)
     keyboard = render.answer_keyboard(result, services.limits.search_url_template)
     answer = await reply(message, render.answer_text(result), keyboard)
     if answer is None:

@@ -31,6 +31,7 @@ from bot.store.repositories import (
     SneakerClassRepository,
     SuggestionRepository,
 )
+from ml.verdicts import Detail, Verdict
 from scraper.catalogue import is_valid_label
 
 MAX_SCRAPE = 500
@@ -70,6 +71,8 @@ class StatsView:
     per_class: list[tuple[str, int, int]]  # label, correct, total (by the true label)
     confused: list[tuple[str, str, int]]  # predicted, actual, count
     pairs: list[tuple[str, str]]  # (actual, predicted) per answer, for the matrix
+    verdicts: dict[str, int]  # photos answered per verdict, every ml.verdicts.Verdict in its order
+    details: dict[str, int]  # of those, per ml.verdicts.Detail ("other_footwear")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,29 @@ class PendingSuggestion:
     text: str
     user_id: int
     count: int
+
+
+# Verdicts that name no model: the reply shows no guess (not_sneaker) or only the closest known models
+# (unknown_sneaker), so feedback on them judges the verdict, not the first guess behind it.
+NO_MODEL_NAMED = frozenset({Verdict.NOT_SNEAKER, Verdict.UNKNOWN_SNEAKER})
+
+
+def answered_as(top: list, verdict: str) -> str | None:
+    """What the bot told the user a photo is: its first guess, or the verdict itself when it named no model."""
+    if verdict in NO_MODEL_NAMED:
+        return verdict
+    return top[0]["label"] if top else None
+
+
+def verdict_counts(counts: dict[tuple[str, str | None], int]) -> tuple[dict[str, int], dict[str, int]]:
+    """``StatsView.verdicts`` and ``.details`` from counts per (verdict, detail): every known one, even at 0."""
+    verdicts = {verdict.value: 0 for verdict in Verdict}
+    details = {detail.value: 0 for detail in Detail}
+    for (verdict, detail), n in counts.items():
+        verdicts[verdict] = verdicts.get(verdict, 0) + n
+        if detail is not None:
+            details[detail] = details.get(detail, 0) + n
+    return verdicts, details
 
 
 def check_label(label: str) -> str:
@@ -164,12 +190,20 @@ class AdminService:
         return sorted(pending, key=lambda s: (-s.count, s.id))[:limit]
 
     def stats(self, days: int = 7) -> StatsView:
-        """Accuracy from users' feedback over ``days`` (their last answer per prediction counts)."""
+        """Accuracy from users' feedback over ``days`` (their last answer per prediction counts), and the
+        photos answered per verdict.
+
+        A pick under an answer that named no model ("not a sneaker", "a sneaker I don't know") is a
+        miss of that verdict: "unknown_sneaker → air_jordan_9", never a hit of the closest model shown.
+        """
         since = datetime.now(UTC) - timedelta(days=days)
         with self.sessions() as session:
             rows = FeedbackRepository(session).answers_since(since)
-        last = {prediction_id: (label, top) for prediction_id, _verdict, label, top in rows if label}
-        pairs = [(actual, top[0]["label"]) for actual, top in last.values() if top]
+            counts = PredictionRepository(session).count_by_verdict(since)
+        last = {prediction_id: (label, answered_as(top, verdict))
+                for prediction_id, _feedback, label, top, verdict in rows if label}
+        pairs = [(actual, predicted) for actual, predicted in last.values() if predicted is not None]
+        verdicts, details = verdict_counts(counts)
         per_label: dict[str, list[int]] = {}
         for actual, predicted in pairs:
             per_label.setdefault(actual, [0, 0])
@@ -184,6 +218,8 @@ class AdminService:
             per_class=[(label, c, t) for label, (c, t) in sorted(per_label.items())],
             confused=[(p, a, n) for (p, a), n in confused.most_common(5)],
             pairs=pairs,
+            verdicts=verdicts,
+            details=details,
         )
 
     # --- acting --------------------------------------------------------------

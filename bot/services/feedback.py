@@ -26,7 +26,13 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.services.errors import NotYourPrediction, PredictionExpired, UnknownLabel, UnknownPrediction
+from bot.services.errors import (
+    FeedbackRejected,
+    NotYourPrediction,
+    PredictionExpired,
+    UnknownLabel,
+    UnknownPrediction,
+)
 from bot.store.models import Feedback, Image, Prediction, Suggestion, User
 from bot.store.repositories import (
     FeedbackRepository,
@@ -37,9 +43,14 @@ from bot.store.repositories import (
 )
 from bot.store.retry import DatabaseUnavailable, retry_policy
 from ml.atomic import atomic_path
+from ml.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 MAX_SUGGESTION = 200
+# Verdicts whose answer names no model and so has no ✅ Correct: its first guess is only the closest
+# known model (unknown_sneaker) or was not shown at all (not_sneaker), so "confirming" it would file
+# the photo under a model nobody said it is.
+NOTHING_TO_CONFIRM = frozenset({Verdict.NOT_SNEAKER, Verdict.UNKNOWN_SNEAKER})
 
 
 class FeedbackVerdict(StrEnum):
@@ -127,10 +138,17 @@ class FeedbackService:
 
     # --- answers ------------------------------------------------------------
     def confirm(self, prediction_id: int, user_id: int) -> str:
-        """The top guess was right; returns the confirmed label."""
+        """The top guess was right; returns the confirmed label.
+
+        A confirmation of an answer that named no model (``NOTHING_TO_CONFIRM``) is data the bot
+        never made: rejected as forged, nothing stored.
+        """
         def read(_attempt: int) -> str:
             with self.sessions() as session:
-                return self._checked(session, prediction_id, user_id).top[0]["label"]
+                prediction = self._checked(session, prediction_id, user_id)
+                if prediction.verdict in NOTHING_TO_CONFIRM or not prediction.top:
+                    raise FeedbackRejected("unknown")
+                return prediction.top[0]["label"]
 
         label = self.retry.run("check a press", read, read_only=True)
         return self._label(prediction_id, user_id, FeedbackVerdict.CORRECT, label)

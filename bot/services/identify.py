@@ -60,6 +60,7 @@ class IdentifyResult:
     model_version: int | None
     latency_ms: float
     reply_message_id: int | None = None  # set when this photo was answered before (a repeated update)
+    detail: str | None = None  # an ml.verdicts.Detail value: "other_footwear" words a not_sneaker differently
 
 
 class Refiner(Protocol):
@@ -135,16 +136,17 @@ class IdentifyService:
             prediction = refiner.refine(request.user_id, sha1, prediction)
         pending, created = self._keep_pending(request.data, image, sha1)
         guesses = [Guess(g.label, g.display_name, float(g.score)) for g in prediction.top]
+        detail = prediction.detail
         latency_ms = (time.perf_counter() - started) * 1000
         in_doubt: list[int] = []  # attempts whose COMMIT failed: its outcome is unknown
         try:
             prediction_id = self.store(request, sha1, pending, served.version, prediction.verdict, guesses,
-                                       latency_ms, in_doubt=in_doubt)
+                                       latency_ms, detail=detail, in_doubt=in_doubt)
         except DatabaseUnavailable:
             if created and not in_doubt:  # no row refers to it: nothing of this photo stays
                 pending.unlink(missing_ok=True)
             raise
-        return IdentifyResult(prediction_id, prediction.verdict, guesses, served.version, latency_ms)
+        return IdentifyResult(prediction_id, prediction.verdict, guesses, served.version, latency_ms, detail=detail)
 
     def earlier_answer(self, request: PhotoRequest) -> IdentifyResult | None:
         """The stored answer when this very message was identified before, else None.
@@ -161,7 +163,7 @@ class IdentifyService:
                 guesses = [Guess(g["label"], self.models.display_name(g["label"]), float(g["score"]))
                            for g in row.top]
                 return IdentifyResult(row.id, row.verdict, guesses, row.model_version, row.latency_ms or 0.0,
-                                      row.reply_message_id)
+                                      row.reply_message_id, row.detail)
 
         return self.retry.run("look up an earlier answer", look_up, read_only=True)
 
@@ -186,8 +188,12 @@ class IdentifyService:
         return path, created
 
     def store(self, request: PhotoRequest, sha1: str, pending: Path, version: int | None, verdict: str,
-              guesses: list[Guess], latency_ms: float, *, in_doubt: list[int] | None = None) -> int:
+              guesses: list[Guess], latency_ms: float, *, detail: str | None = None,
+              in_doubt: list[int] | None = None) -> int:
         """One prediction row (and the user on first sight), committed in one transaction.
+
+        The ``detail`` is stored with the verdict: an answer sent again from its row (a repeated
+        update, ``earlier_answer``) must say "a shoe, but not a sneaker" as the first one did.
 
         Retried whole while the database is away; a retry first looks for the row of an attempt
         whose COMMIT went through unseen (one prediction per chat and message). Attempts whose
@@ -206,7 +212,7 @@ class IdentifyService:
                     UserRepository(session).ensure(request.user_id, username=request.username, is_admin=is_admin)
                 prediction_id = predictions.insert(
                     user_id=request.user_id, chat_id=request.chat_id, message_id=request.message_id,
-                    image_sha1=sha1, pending_path=str(pending), model_version=version, verdict=verdict,
+                    image_sha1=sha1, pending_path=str(pending), model_version=version, verdict=verdict, detail=detail,
                     top=[{"label": g.label, "score": round(g.score, 6)} for g in guesses],
                     latency_ms=round(latency_ms, 2))
                 doubts.append(attempt)  # the block commits next

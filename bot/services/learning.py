@@ -53,6 +53,7 @@ from bot.store.models import MemoryEntry
 from bot.store.repositories import MemoryEntryRepository
 from bot.store.retry import DatabaseUnavailable, retry_policy
 from ml.memory import EmbeddingMemory, MemoryItem, l2_normalise
+from ml.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class RefinedPrediction:
     footwear_score: float | None
     embedding: np.ndarray | None
     memory_label: str | None = None
+    detail: str | None = None  # the model's ``Prediction.detail``, kept while its verdict stands
 
 
 @dataclass
@@ -267,7 +269,14 @@ class LearningService:
 
     # --- Refiner --------------------------------------------------------------
     def refine(self, user_id: int, image_sha1: str, prediction: Any) -> Any:
-        """Blend the model's answer with what this user may see of the memory."""
+        """Blend the model's answer with what this user may see of the memory.
+
+        Only entries this user may see count (their own, and global ones): one user's answer
+        never changes another's. A remembered label that wins on a near-identical photo makes
+        the answer a confident "sneaker", whatever the model said (not a sneaker, a sneaker it
+        does not know); otherwise the model's verdict and its detail stand, and an
+        unknown_sneaker's reordered guesses are still shown as the closest known models only.
+        """
         embedding = getattr(prediction, "embedding", None)
         if embedding is None:
             return prediction
@@ -284,10 +293,10 @@ class LearningService:
         k = max(1, len(prediction.top))
         ranked = sorted(blended.items(), key=lambda item: item[1], reverse=True)[:k]
         top = [Guess(label, self.display_name(label), score) for label, score in ranked]
-        verdict = prediction.verdict
-        if top[0].label == match.label and match.weight >= CONFIDENT_WEIGHT:
-            verdict = "sneaker"  # a person told us what this very photo is
-        return RefinedPrediction(top, verdict, prediction.footwear_score, embedding, match.label)
+        if top[0].label == match.label and match.weight >= CONFIDENT_WEIGHT:  # a person told us what this photo is
+            return RefinedPrediction(top, Verdict.SNEAKER.value, prediction.footwear_score, embedding, match.label)
+        return RefinedPrediction(top, prediction.verdict, prediction.footwear_score, embedding, match.label,
+                                 prediction.detail)
 
     # --- scope rules ------------------------------------------------------------
     def _near_identical(self, rows: Sequence[MemoryEntry], vector: np.ndarray) -> list[MemoryEntry]:

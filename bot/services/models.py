@@ -46,6 +46,7 @@ class PredictionLike(Protocol):
     top: Sequence[GuessLike]
     verdict: str
     footwear_score: float | None  # None: not computed (the photo looks like a sneaker the model knows)
+    detail: str | None  # an ml.verdicts.Detail value: "other_footwear" words a not_sneaker differently
 
 
 class Identifier(Protocol):

@@ -73,7 +73,11 @@ class Prediction(Base):
     pending_path: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[int | None] = mapped_column(Integer)
     top: Mapped[list] = mapped_column(JSON)  # [{"label": ..., "score": ...}, ...]
-    verdict: Mapped[str] = mapped_column(String(16))  # sneaker | unsure | not_sneaker
+    # An ml.verdicts.Verdict: sneaker | unsure | unknown_sneaker | not_sneaker (at most 15 characters).
+    verdict: Mapped[str] = mapped_column(String(16))
+    # Why the verdict was given, where the reply words it differently (an ml.verdicts.Detail,
+    # "other_footwear": a shoe, not a sneaker); None otherwise and on rows from before it existed.
+    detail: Mapped[str | None] = mapped_column(String(16))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

@@ -118,6 +118,12 @@ class PredictionRepository:
         """How many predictions exist."""
         return self.session.scalar(select(func.count()).select_from(Prediction)) or 0
 
+    def count_by_verdict(self, since: datetime) -> dict[tuple[str, str | None], int]:
+        """Predictions made since ``since``, per (verdict, detail)."""
+        query = (select(Prediction.verdict, Prediction.detail, func.count()).where(Prediction.created_at >= since)
+                 .group_by(Prediction.verdict, Prediction.detail))
+        return {(verdict, detail): count for verdict, detail, count in self.session.execute(query)}
+
     def waits_on(self, pending_path: str, *, since: datetime) -> bool:
         """Whether a prediction made at or after ``since`` still waits on this pending file."""
         query = select(Prediction.id).where(Prediction.pending_path == pending_path, Prediction.created_at >= since)
@@ -185,10 +191,10 @@ class FeedbackRepository:
             update(Feedback).where(Feedback.consumed_by_version.in_(list(versions))).values(consumed_by_version=None))
         return _rowcount(result)
 
-    def answers_since(self, since: datetime) -> list[tuple[int, str, str | None, list]]:
-        """(prediction id, verdict, label, the prediction's top guesses) of confirmations and corrections
-        since ``since``, oldest first."""
-        query = (select(Feedback.prediction_id, Feedback.verdict, Feedback.label, Prediction.top)
+    def answers_since(self, since: datetime) -> list[tuple[int, str, str | None, list, str]]:
+        """(prediction id, verdict, label, the prediction's top guesses and its verdict) of confirmations
+        and corrections since ``since``, oldest first."""
+        query = (select(Feedback.prediction_id, Feedback.verdict, Feedback.label, Prediction.top, Prediction.verdict)
                  .join(Prediction, Prediction.id == Feedback.prediction_id)
                  .where(Feedback.created_at >= since, Feedback.verdict.in_(("correct", CORRECTION)))
                  .order_by(Feedback.id))
