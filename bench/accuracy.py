@@ -61,7 +61,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bo
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[label] for label in test["label"]])
     out = {"model": str(model_dir), "backbone": predictor.info.backbone,
-           "mode": cfg.get("mode") + ("+flipTTA" if tta else ""), "image_size": predictor.info.preprocessing.size,
+           "mode": cfg["mode"] + ("+flipTTA" if tta else ""), "image_size": predictor.info.preprocessing.size,
            "audit_flagged_test_images": int(flagged.sum()), "sets": {}}
     sets = [(name, members, ~flagged) for name, members in CLASS_SETS.items()]
     if flagged.any():

@@ -43,8 +43,9 @@ def package_photos() -> dict[str, Image.Image]:
         photos[name] = Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels).convert("RGB")
     for i, pixels in enumerate(load_sample_images().images):
         photos[f"sklearn_{i}"] = Image.fromarray(pixels)
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
-        photos["grace_hopper"] = Image.open(handle).convert("RGB")
+    # As a path: with a file object, matplotlib's stubs cannot tell a .jpg from an .npy (loaded as an array).
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        photos["grace_hopper"] = image.convert("RGB")
     return photos
 
 

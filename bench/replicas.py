@@ -90,6 +90,7 @@ class RoundRobin:
     upstreams: list[str]
     sent: Counter[int] = field(default_factory=Counter)
     turn: itertools.count = field(default_factory=itertools.count)
+    session: aiohttp.ClientSession = field(init=False, repr=False)  # set by ``topology`` before any POST
 
     async def handle(self, request: web.Request) -> web.Response:
         index = next(self.turn) % len(self.upstreams)
@@ -115,9 +116,16 @@ def free_port() -> int:
 @dataclass
 class Topology:
     server: Any
-    replicas: list[multiprocessing.process.BaseProcess]
+    replica_pids: list[int]  # in replica order
     proxy: RoundRobin
     db_url: str
+
+
+def started_pid(process: multiprocessing.process.BaseProcess) -> int:
+    """The process id of a started process (``pid`` is None only before ``start``)."""
+    if process.pid is None:
+        raise RuntimeError(f"process {process.name} was not started")
+    return process.pid
 
 
 @contextlib.asynccontextmanager
@@ -157,7 +165,7 @@ async def topology(args: argparse.Namespace, db_url: str) -> AsyncIterator[Topol
                 for ready in readies:
                     if not await asyncio.to_thread(ready.wait, 300):
                         raise SystemExit("a replica did not start")
-                yield Topology(server, replicas, proxy, db_url)
+                yield Topology(server, [started_pid(child) for child in replicas], proxy, db_url)
             finally:
                 stop.set()
                 for child in replicas:
@@ -185,11 +193,11 @@ async def run(args: argparse.Namespace, db_url: str) -> int:
         marks: dict[int, float] = {}
 
         async def on_go() -> None:
-            marks.update({child.pid: proc_cpu_seconds(child.pid) for child in top.replicas})
+            marks.update({pid: proc_cpu_seconds(pid) for pid in top.replica_pids})
 
         outcome = await users_in_child(top.server.url, plan, on_go)
-        cpu = {child.pid: proc_cpu_seconds(child.pid) - marks[child.pid] for child in top.replicas}
-        memory = {child.pid: proc_status(child.pid) for child in top.replicas}
+        cpu = {pid: proc_cpu_seconds(pid) - marks[pid] for pid in top.replica_pids}
+        memory = {pid: proc_status(pid) for pid in top.replica_pids}
         doubled = doubled_answers(top.server)
         lost_injected = len([f for f in top.server.state.faults_served if f["method"] == "webhook"])
         check = await asyncio.to_thread(check_feedback, db_url, outcome)
@@ -219,9 +227,9 @@ def report(args: argparse.Namespace, plan: Any, outcome: Outcome, top: Topology,
           f"photos answered of {len(outcome.photos)} sent, {len(press_ms)} presses edited of {len(outcome.presses)}")
     print(latency_line("photo to answer", photo_ms) + "  (target p95 <= 150 ms)")
     print(latency_line("press to edited message", press_ms))
-    for index, child in enumerate(top.replicas):
-        status = memory[child.pid]
-        print(f"replica {index}: CPU {cpu[child.pid]:.1f} s ({cpu[child.pid] / wall:.2f} cores), peak RSS "
+    for index, pid in enumerate(top.replica_pids):
+        status = memory[pid]
+        print(f"replica {index}: CPU {cpu[pid]:.1f} s ({cpu[pid] / wall:.2f} cores), peak RSS "
               f"{status.get('VmHWM', 0) / 1024:.0f} MB")
     errors = sum(outcome.errors.values())
     print(f"lost answers: {lost}; doubled answers: {doubled}; user-side errors: {errors}"

@@ -20,12 +20,15 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+Row = TypeVar("Row", bound=Hashable)
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> tuple[float, float]:
@@ -33,8 +36,8 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> tuple[
     return interleaved_ms({"": fn}, repeats, warmup)[""]
 
 
-def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 5,
-                   rounds: int = 10) -> dict[str, tuple[float, float]]:
+def interleaved_ms(fns: dict[Row, Callable[[], object]], repeats: int, warmup: int = 5,
+                   rounds: int = 10) -> dict[Row, tuple[float, float]]:
     """(median, best) milliseconds per call of each function, timed in turns.
 
     Why in turns: this machine is shared, and a burst of other work during one row's runs
@@ -46,7 +49,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: i
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Row, list[float]] = {name: [] for name in fns}
     per_round = max(1, -(-repeats // rounds))
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -94,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     size = onnx.info.preprocessing.size
     net = load_net(args.model, read_model_json(args.model)).eval().to(memory_format=torch.channels_last)
     resnet = create_backbone("resnet18", pretrained=False).eval()
-    fc = resnet.fc
 
     rows = []
     print(f"timing {args.model} ({onnx.info.backbone}@{size}) and eager ResNet18 ...", flush=True)
@@ -103,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
         xr = torch.randn(batch, 3, 224, 224)
-        fns = {("onnxruntime", model_name): lambda x=x: onnx._runner(x, np.inf)}
+        fns: dict[tuple[str, str], Callable[[], object]] = {
+            ("onnxruntime", model_name): partial(onnx._runner, x, np.inf),
+        }
         if getattr(onnx._runner, "gated", False):
-            fns[("onnxruntime", "  known sneaker: no footwear")] = lambda x=x: onnx._runner(x, -np.inf)
-        fns[("torch eager", model_name)] = lambda xt=xt: net(xt)
-        fns[("torch eager", "resnet18@224 (reference)")] = lambda xr=xr: fc(resnet(xr))
+            fns[("onnxruntime", "  known sneaker: no footwear")] = partial(onnx._runner, x, -np.inf)
+        fns[("torch eager", model_name)] = partial(net, xt)
+        fns[("torch eager", "resnet18@224 (reference)")] = partial(resnet.imagenet_logits, xr)  # its fc on its features
         reps = max(3, args.repeats // (6 if batch > 1 else 1))
         with torch.inference_mode():
             timed = interleaved_ms(fns, reps, warmup=5 if batch == 1 else 1, rounds=10 if batch == 1 else 3)

@@ -89,8 +89,11 @@ class TokenRedactingFilter(logging.Filter):
         """``value`` with tokens replaced in its strings, also inside lists, tuples and dicts (copied, not changed)."""
         if isinstance(value, str):
             return self.redact(value)
-        if type(value) in (list, tuple):  # exactly: a named tuple is not built from one iterable
-            return type(value)(self._redact_value(item) for item in value)
+        # Exact types: a subclass (a named tuple, say) is not built from one iterable, so it is left as it is.
+        if type(value) is list:
+            return [self._redact_value(item) for item in value]
+        if type(value) is tuple:
+            return tuple(self._redact_value(item) for item in value)
         if type(value) is dict:
             return {key: self._redact_value(item) for key, item in value.items()}
         return value

@@ -118,7 +118,7 @@ class EvalResult:
     def restricted(self, labels: set[str]) -> EvalResult:
         """The same figures over the photos of ``labels`` only (from ``per_label``)."""
         rows = {label: row for label, row in self.per_label.items() if label in labels}
-        n = sum(row["n"] for row in rows.values())
+        n = sum(int(row["n"]) for row in rows.values())  # a count, in a row of floats
         top1 = sum(row["recall"] * row["n"] for row in rows.values()) / n if n else 0.0
         top3 = sum(row.get("top3", row["recall"]) * row["n"] for row in rows.values()) / n if n else 0.0
         hits = {sha: hit for sha, hit in self.hits.items() if hit[0] in labels}
@@ -439,7 +439,7 @@ class ModelRegistry:
         with self._sessions.begin() as session:
             rows = ModelVersionRepository(session)
             rows.retire_current(keep=version)
-            row = rows.get(version)
+            row = _version_row(rows, version)
             row.is_current = True
             row.status = status
             row.reason = reason
@@ -447,7 +447,7 @@ class ModelRegistry:
 
     def _reject(self, version: int, reason: str) -> None:
         with self._sessions.begin() as session:
-            row = ModelVersionRepository(session).get(version)
+            row = _version_row(ModelVersionRepository(session), version)
             row.status = "rejected"
             row.reason = reason
 
@@ -456,7 +456,7 @@ class ModelRegistry:
         new_classes: EvalResult | None = None,
     ) -> None:
         with self._sessions.begin() as session:
-            row = ModelVersionRepository(session).get(version)
+            row = _version_row(ModelVersionRepository(session), version)
             row.metrics = {
                 **(row.metrics or {}),
                 "test": candidate.as_dict(),
@@ -479,6 +479,14 @@ class ModelRegistry:
             created_at=row.created_at,
             promoted_at=row.promoted_at,
         )
+
+
+def _version_row(rows: ModelVersionRepository, version: int) -> ModelVersion:
+    """The row of a version this registry recorded, or ``UnknownVersion``."""
+    row = rows.get(version)
+    if row is None:
+        raise UnknownVersion(f"no model version {version}")
+    return row
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -608,6 +616,13 @@ def features_evaluator(cache_dir: Path) -> Evaluator:
     return evaluate
 
 
+def _file_of(image: HeldOutImage) -> Path:
+    """The image's file; a photo carried only as features cannot be decoded (``features_evaluator`` scores those)."""
+    if image.path is None:
+        raise TypeError(f"held-out image {image.sha1} has no file, only features: the predictor cannot score it")
+    return image.path
+
+
 def predictor_evaluator(model_dir: Path, images: Sequence[HeldOutImage]) -> EvalResult:
     """Score a model directory with the ONNX Predictor: top-1, top-3, recall per label."""
     from ml.images import open_image  # heavy imports stay out of the bot's import path
@@ -617,6 +632,6 @@ def predictor_evaluator(model_dir: Path, images: Sequence[HeldOutImage]) -> Eval
     ranked: list[list[str]] = []
     for start in range(0, len(images), 32):
         batch = images[start : start + 32]
-        predictions = predictor.predict([open_image(image.path) for image in batch], k=3)
+        predictions = predictor.predict([open_image(_file_of(image)) for image in batch], k=3)
         ranked += [[guess.label for guess in prediction.top] for prediction in predictions]
     return scores_result(images, ranked)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from telegram._utils.defaultvalue import DefaultValue  # do_request's timeout types: PTB has them only here
+from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, HTTPXRequest, RequestData
 
@@ -73,9 +75,9 @@ def _aiohttp(options: HttpOptions) -> BaseRequest:
     return AiohttpRequest(options)
 
 
-def _given(value: object, default: float | None) -> float | None:
+def _given(value: ODVInput[float], default: float | None) -> float | None:
     """A per-call timeout, or the default when the caller left it unset."""
-    return default if value is BaseRequest.DEFAULT_NONE else value  # type: ignore[return-value]
+    return default if value is BaseRequest.DEFAULT_NONE else DefaultValue.get_value(value)
 
 
 class AiohttpRequest(BaseRequest):
@@ -113,10 +115,10 @@ class AiohttpRequest(BaseRequest):
         url: str,
         method: str,
         request_data: RequestData | None = None,
-        read_timeout: float | None = BaseRequest.DEFAULT_NONE,  # type: ignore[assignment]
-        write_timeout: float | None = BaseRequest.DEFAULT_NONE,  # type: ignore[assignment]
-        connect_timeout: float | None = BaseRequest.DEFAULT_NONE,  # type: ignore[assignment]
-        pool_timeout: float | None = BaseRequest.DEFAULT_NONE,  # type: ignore[assignment]
+        read_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        write_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        connect_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        pool_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
     ) -> tuple[int, bytes]:
         """One HTTP exchange; PTB turns the status and body into a result or an error."""
         if self._session is None or self._session.closed:

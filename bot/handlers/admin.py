@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
-from telegram import Update
+from telegram import Message, Update
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler
 
 from bot import render_admin
@@ -22,12 +22,26 @@ from bot.services.admin import DEFAULT_SCRAPE, AdminError, confusion_png
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Update, BotContext], Awaitable[None]]
+Handler = Callable[[Update, BotContext], Coroutine[Any, Any, None]]  # what PTB's handlers take
 View = TypeVar("View")
 
 
 class UsageError(Exception):
     """Malformed command arguments; the message is the usage line the admin gets back."""
+
+
+def _message(update: Update) -> Message:
+    """The message of a command, or the one with the button pressed: these handlers get no update without one."""
+    message = update.effective_message
+    assert message is not None
+    return message
+
+
+def _chat_id(update: Update) -> int:
+    """The chat a command came from (for the worker's report)."""
+    chat = update.effective_chat
+    assert chat is not None
+    return chat.id
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -41,23 +55,23 @@ def admin_only(handler: Handler) -> Handler:
         user = update.effective_user
         if not context.services.admin.is_admin(user.id if user else None):
             query = update.callback_query
-            text = query.data if query is not None else update.effective_message.text
+            text = query.data if query is not None else _message(update).text
             log.warning("not allowed: user %s tried %r", user.id if user else None, text)
-            if update.callback_query is not None:
-                await update.callback_query.answer(render_admin.NOT_ALLOWED, show_alert=True)
+            if query is not None:
+                await query.answer(render_admin.NOT_ALLOWED, show_alert=True)
             else:
-                await update.effective_message.reply_text(render_admin.NOT_ALLOWED)
+                await _message(update).reply_text(render_admin.NOT_ALLOWED)
             return
         try:
             await handler(update, context)
         except (AdminError, RegistryError, UsageError) as exc:
-            await update.effective_message.reply_text(str(exc))
+            await _message(update).reply_text(str(exc))
 
     return guarded
 
 
 async def _reply(update: Update, text: str) -> None:
-    await update.effective_message.reply_text(text)
+    await _message(update).reply_text(text)
 
 
 async def _reply_with(update: Update, fetch: Callable[[], View], render: Callable[[View], str]) -> View:
@@ -112,7 +126,7 @@ async def status(update: Update, context: BotContext) -> None:
 @admin_only
 async def retrain(update: Update, context: BotContext) -> None:
     """/retrain: queue a retrain; the worker reports old vs new metrics when done."""
-    await asyncio.to_thread(context.services.admin.request_retrain, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.request_retrain, _chat_id(update))
     await _reply(update, render_admin.job_requested("a retrain"))
 
 
@@ -120,7 +134,7 @@ async def retrain(update: Update, context: BotContext) -> None:
 async def scrape(update: Update, context: BotContext) -> None:
     """/scrape <label> [n]: queue a scrape of one class."""
     label, count = parse_scrape_args(context.args or [])
-    await asyncio.to_thread(context.services.admin.request_scrape, label, count, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.request_scrape, label, count, _chat_id(update))
     await _reply(update, render_admin.job_requested(f"a scrape of {label} ({count} images)"))
 
 
@@ -128,7 +142,7 @@ async def scrape(update: Update, context: BotContext) -> None:
 async def addclass(update: Update, context: BotContext) -> None:
     """/addclass <label> <display name>: add a class, scrape it, then retrain."""
     label, name = parse_addclass_args(context.args or [])
-    await asyncio.to_thread(context.services.admin.add_class, label, name, update.effective_chat.id)
+    await asyncio.to_thread(context.services.admin.add_class, label, name, _chat_id(update))
     await _reply(update, render_admin.job_requested(f"adding {name} ({label}): a scrape, then a retrain"))
 
 
@@ -144,7 +158,7 @@ async def suggestions(update: Update, context: BotContext) -> None:
     pending = await _reply_with(update, context.services.admin.pending_suggestions,
                                 lambda items: render_admin.suggestions_header(len(items)))
     for item in pending:
-        await update.effective_message.reply_text(
+        await _message(update).reply_text(
             render_admin.suggestion(item.text, item.user_id, item.count),
             reply_markup=render_admin.suggestion_keyboard(item.id),
         )
@@ -154,6 +168,7 @@ async def suggestions(update: Update, context: BotContext) -> None:
 async def on_suggestion_button(update: Update, context: BotContext) -> None:
     """Accept or reject a suggestion (accepting adds the class, scrapes and retrains)."""
     query = update.callback_query
+    assert query is not None  # registered as a CallbackQueryHandler
     parsed = render_admin.parse_suggestion_data(query.data)
     if parsed is None:
         await query.answer(render_admin.FORGED, show_alert=True)
@@ -161,7 +176,7 @@ async def on_suggestion_button(update: Update, context: BotContext) -> None:
     accept, suggestion_id = parsed
     try:
         text, label = await asyncio.to_thread(
-            context.services.admin.decide_suggestion, suggestion_id, accept, update.effective_chat.id
+            context.services.admin.decide_suggestion, suggestion_id, accept, _chat_id(update)
         )
     except AdminError as exc:
         await query.answer(str(exc), show_alert=True)
@@ -184,7 +199,7 @@ async def stats(update: Update, context: BotContext) -> None:
     view = await _reply_with(update, context.services.admin.stats, render_admin.stats)
     if view.pairs:
         png = await asyncio.to_thread(confusion_png, view.pairs)
-        await update.effective_message.reply_photo(png, caption=render_admin.STATS_CAPTION)
+        await _message(update).reply_photo(png, caption=render_admin.STATS_CAPTION)
 
 
 COMMANDS: dict[str, Handler] = {

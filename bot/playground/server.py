@@ -40,11 +40,11 @@ async def read_params(request: web.Request, state: PlaygroundState) -> dict[str,
         params.update(await request.json())
     elif request.content_type == "multipart/form-data":
         files: dict[str, bytes] = {}
-        async for part in await request.multipart():
-            data = await part.read()  # type: ignore[union-attr]
-            if part.filename:  # type: ignore[union-attr]
+        async for part in userapi.body_parts(request):
+            data = await part.read()
+            if part.filename:
                 files[part.name or ""] = bytes(data)
-            params[part.name or ""] = bytes(data) if part.filename else data.decode()  # type: ignore[union-attr]
+            params[part.name or ""] = bytes(data) if part.filename else data.decode()
         for key, value in list(params.items()):
             if isinstance(value, str) and value.startswith("attach://"):
                 params[key] = files.get(value.removeprefix("attach://"), value)

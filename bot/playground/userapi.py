@@ -10,10 +10,11 @@ import asyncio
 import io
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from bot.playground.botapi import METHODS
@@ -95,10 +96,10 @@ def _scaled_jpeg(data: bytes, side: int, *, exact: bool) -> tuple[bytes, int, in
     half the target lets it pick the largest scale that still fits), so a typical phone photo
     needs no resampling at all: the playground should not be the bench's bottleneck.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        scale = side / max(image.size) / (1 if exact else 2)
-        image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        image = image.convert("RGB")
+    with Image.open(io.BytesIO(data)) as source:
+        scale = side / max(source.size) / (1 if exact else 2)
+        source.draft("RGB", (math.ceil(source.width * scale), math.ceil(source.height * scale)))
+        image = source.convert("RGB")
     image.thumbnail((side, side), Image.Resampling.BILINEAR)  # only when the decoder could not scale
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=87)
@@ -136,6 +137,15 @@ def synthetic_content(state: PlaygroundState, kind: str) -> JSON:
     return content
 
 
+async def body_parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
+    """The parts of a multipart request body, in order. aiohttp types a part as maybe None (it never yields one) or a
+    nested multipart reader, which has no body to read: a request with one fails (500), as a malformed request."""
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            raise TypeError(f"nested multipart bodies are not supported, got {type(part).__name__}")
+        yield part
+
+
 def text_content(text: str) -> JSON:
     """A text message, with the bot_command entity clients add for a leading /command."""
     content: JSON = {"text": text}
@@ -156,12 +166,12 @@ async def read_contents(request: web.Request, state: PlaygroundState) -> tuple[l
         raise bad_request("send text, a kind, or a multipart photo/document")
     contents: list[JSON] = []
     fields: JSON = {}
-    async for part in await request.multipart():
-        data = await part.read()  # type: ignore[union-attr]
+    async for part in body_parts(request):
+        data = await part.read()
         if part.name == "photo":
             contents.append(await photo_content(state, bytes(data)))
         elif part.name == "document":
-            mime = part.headers.get("Content-Type", "application/octet-stream")  # type: ignore[union-attr]
+            mime = part.headers.get("Content-Type", "application/octet-stream")
             contents.append(document_content(state, bytes(data), part.filename or "file", mime))
         else:
             fields[part.name or ""] = data.decode()

@@ -12,11 +12,14 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import requests
 
 from scraper.errors import SourceError
+
+if TYPE_CHECKING:
+    from bs4 import Tag
 
 DEFAULT_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -207,3 +210,10 @@ def short_error(exc: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
     text = str(cause).splitlines()[0] if str(cause) else ""
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def tag_attr(tag: Tag, key: str) -> str | None:
+    """``tag``'s ``key`` attribute as text, None when absent. bs4 types every value as maybe a list (it splits
+    multi-valued attributes such as ``class``); none the sources read is, but a list is joined back anyway."""
+    value = tag.get(key)
+    return " ".join(value) if isinstance(value, list) else value

@@ -14,7 +14,14 @@ from urllib.parse import parse_qs, urlparse
 import requests
 from bs4 import BeautifulSoup
 
-from scraper.sources.base import ImageItem, PagedHttpSource, dedupe_items, is_http_url, register_source
+from scraper.sources.base import (
+    ImageItem,
+    PagedHttpSource,
+    dedupe_items,
+    is_http_url,
+    register_source,
+    tag_attr,
+)
 
 PAGE_SIZE = 35
 _BLOCK_MARKERS = ("b_captcha", "/challenge/", "captcha-container", "verify you are a human")
@@ -23,7 +30,7 @@ _BLOCK_MARKERS = ("b_captcha", "/challenge/", "captcha-container", "verify you a
 def parse(html: str | bytes) -> list[ImageItem]:
     """Every full-size image URL on a Bing results page, in page order, without duplicates."""
     soup = BeautifulSoup(html, "lxml")
-    items = [_item_from_meta(a.get("m")) for a in soup.select("a.iusc")]
+    items = [_item_from_meta(tag_attr(a, "m")) for a in soup.select("a.iusc")]
     items.extend(_items_from_mediaurl_links(soup))
     return dedupe_items(item for item in items if item is not None)
 
@@ -55,7 +62,7 @@ def _items_from_mediaurl_links(soup: BeautifulSoup) -> list[ImageItem]:
     """Full-size URLs carried percent-encoded in detail-view links."""
     items = []
     for link in soup.find_all(href=True):
-        for url in parse_qs(urlparse(link["href"]).query).get("mediaurl", []):
+        for url in parse_qs(urlparse(tag_attr(link, "href") or "").query).get("mediaurl", []):
             if is_http_url(url):
                 items.append(ImageItem(url=url))
     return items

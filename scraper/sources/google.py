@@ -21,7 +21,14 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import requests
 from bs4 import BeautifulSoup
 
-from scraper.sources.base import ImageItem, PagedHttpSource, dedupe_items, is_http_url, register_source
+from scraper.sources.base import (
+    ImageItem,
+    PagedHttpSource,
+    dedupe_items,
+    is_http_url,
+    register_source,
+    tag_attr,
+)
 
 PAGE_SIZE = 100
 # ["https://host/path.jpg",600,800] inside AF_initDataCallback / JSON blobs.
@@ -62,18 +69,19 @@ def _from_imgres_links(soup: BeautifulSoup, base_url: str) -> list[ImageItem]:
     """``<a href="/imgres?imgurl=...&imgrefurl=...">`` links."""
     items = []
     for link in soup.find_all("a", href=True):
-        href = urljoin(base_url, link["href"])
+        href = urljoin(base_url, tag_attr(link, "href") or "")
         if "imgurl=" not in href:
             continue
         query = parse_qs(urlparse(href).query)
+        page_urls = query.get("imgrefurl")
         for url in query.get("imgurl", []):
             thumb = link.find("img")
             items.append(
                 ImageItem(
                     url=url,
-                    page_url=(query.get("imgrefurl") or [None])[0],
-                    thumbnail_url=(thumb.get("src") or thumb.get("data-src")) if thumb else None,
-                    title=link.get("aria-label") or link.get("title"),
+                    page_url=page_urls[0] if page_urls else None,
+                    thumbnail_url=(tag_attr(thumb, "src") or tag_attr(thumb, "data-src")) if thumb else None,
+                    title=tag_attr(link, "aria-label") or tag_attr(link, "title"),
                 )
             )
     return items
@@ -102,7 +110,11 @@ def _from_legacy_meta(soup: BeautifulSoup) -> list[ImageItem]:
             continue
         if meta.get("ou"):
             items.append(ImageItem(url=meta["ou"], page_url=meta.get("ru"), title=meta.get("pt")))
-    items.extend(ImageItem(url=tag["data-ou"]) for tag in soup.find_all(attrs={"data-ou": True}))
+    # ``name=None`` spelled out: bs4's overloads type ``attrs`` only after a name.
+    for tag in soup.find_all(None, {"data-ou": True}):
+        url = tag_attr(tag, "data-ou")
+        if url is not None:  # always, the search asked for the attribute
+            items.append(ImageItem(url=url))
     return items
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import ArgumentError
 
 from bot.store.models import Base
 
@@ -16,9 +17,17 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool, c
     return not (type_ == "table" and reflected and compare_to is None)
 
 
+def _engine_from_url() -> Engine:
+    """An engine for ``sqlalchemy.url``; without one, the ``ArgumentError`` ``create_engine(None)`` raises."""
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise ArgumentError("Expected string or URL object, got None: no engine given and no sqlalchemy.url")
+    return create_engine(url)
+
+
 def run_migrations_online() -> None:
     """Migrate through the given engine, or one built from ``sqlalchemy.url``."""
-    engine = config.attributes.get("engine") or create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = config.attributes.get("engine") or _engine_from_url()
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -5,7 +5,8 @@ Revises: 0004
 Create Date: 2026-12-05
 
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -39,9 +40,9 @@ def downgrade() -> None:
         batch_op.alter_column('embedding', existing_type=sa.JSON(), nullable=False)
 
 
-def _convert(source: str, target: str, convert) -> None:
+def _convert(source: str, target: str, convert: Callable[[Any], object]) -> None:
     """Fill ``target`` from ``source`` row by row (the table is small: a few thousand rows)."""
-    types = {'embedding': sa.JSON(), 'vector': sa.LargeBinary()}
+    types: dict[str, sa.types.TypeEngine[Any]] = {'embedding': sa.JSON(), 'vector': sa.LargeBinary()}
     table = sa.table('memory_entries', sa.column('id', sa.Integer()), sa.column(source, types[source]),
                      sa.column(target, types[target]))
     connection = op.get_bind()
