@@ -223,12 +223,14 @@ def verdict_line(verdicts: Mapping[str, int], details: Mapping[str, int]) -> str
     return f"Photos: {sum(verdicts.values())} — {shown}" + (f"; details: {why}" if why else "")
 
 
-def _dig(data: dict, *keys: str) -> Any:
+def _dig(data: dict[str, Any], *keys: str) -> Any:
+    """``data[keys[0]][keys[1]]…``, or None where a level is missing or not a dict (metrics are free-form JSON)."""
+    value: Any = data
     for key in keys:
-        if not isinstance(data, dict):
+        if not isinstance(value, dict):
             return None
-        data = data.get(key)
-    return data
+        value = value.get(key)
+    return value
 
 
 # --- suggestion buttons ----------------------------------------------------------

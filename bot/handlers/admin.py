@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler
 
 from bot import render_admin
-from bot.handlers.context import BotContext
+from bot.handlers.context import BotContext, callback_query_of, message_of
 from bot.registry import RegistryError
 from bot.services.admin import DEFAULT_SCRAPE, AdminError, confusion_png
 
@@ -28,13 +28,6 @@ View = TypeVar("View")
 
 class UsageError(Exception):
     """Malformed command arguments; the message is the usage line the admin gets back."""
-
-
-def _message(update: Update) -> Message:
-    """The message of a command, or the one with the button pressed: these handlers get no update without one."""
-    message = update.effective_message
-    assert message is not None
-    return message
 
 
 def _chat_id(update: Update) -> int:
@@ -55,23 +48,23 @@ def admin_only(handler: Handler) -> Handler:
         user = update.effective_user
         if not context.services.admin.is_admin(user.id if user else None):
             query = update.callback_query
-            text = query.data if query is not None else _message(update).text
+            text = query.data if query is not None else message_of(update).text
             log.warning("not allowed: user %s tried %r", user.id if user else None, text)
             if query is not None:
                 await query.answer(render_admin.NOT_ALLOWED, show_alert=True)
             else:
-                await _message(update).reply_text(render_admin.NOT_ALLOWED)
+                await message_of(update).reply_text(render_admin.NOT_ALLOWED)
             return
         try:
             await handler(update, context)
         except (AdminError, RegistryError, UsageError) as exc:
-            await _message(update).reply_text(str(exc))
+            await message_of(update).reply_text(str(exc))
 
     return guarded
 
 
 async def _reply(update: Update, text: str) -> None:
-    await _message(update).reply_text(text)
+    await message_of(update).reply_text(text)
 
 
 async def _reply_with(update: Update, fetch: Callable[[], View], render: Callable[[View], str]) -> View:
@@ -158,7 +151,7 @@ async def suggestions(update: Update, context: BotContext) -> None:
     pending = await _reply_with(update, context.services.admin.pending_suggestions,
                                 lambda items: render_admin.suggestions_header(len(items)))
     for item in pending:
-        await _message(update).reply_text(
+        await message_of(update).reply_text(
             render_admin.suggestion(item.text, item.user_id, item.count),
             reply_markup=render_admin.suggestion_keyboard(item.id),
         )
@@ -167,8 +160,7 @@ async def suggestions(update: Update, context: BotContext) -> None:
 @admin_only
 async def on_suggestion_button(update: Update, context: BotContext) -> None:
     """Accept or reject a suggestion (accepting adds the class, scrapes and retrains)."""
-    query = update.callback_query
-    assert query is not None  # registered as a CallbackQueryHandler
+    query = callback_query_of(update)  # registered as a CallbackQueryHandler
     parsed = render_admin.parse_suggestion_data(query.data)
     if parsed is None:
         await query.answer(render_admin.FORGED, show_alert=True)
@@ -199,7 +191,7 @@ async def stats(update: Update, context: BotContext) -> None:
     view = await _reply_with(update, context.services.admin.stats, render_admin.stats)
     if view.pairs:
         png = await asyncio.to_thread(confusion_png, view.pairs)
-        await _message(update).reply_photo(png, caption=render_admin.STATS_CAPTION)
+        await message_of(update).reply_photo(png, caption=render_admin.STATS_CAPTION)
 
 
 COMMANDS: dict[str, Handler] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from telegram import CallbackQuery, Message, Update, User
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.learning_loop import LearningLoop
@@ -56,3 +57,29 @@ class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
     def services(self) -> BotServices:
         """The bot's services."""
         return self.application.bot_data[SERVICES_KEY]
+
+
+# --- what a handler's filters guarantee, for the type checker ---------------------------
+# PTB types every part of an update as optional; each handler is registered (``bot.app``,
+# ``bot.handlers.admin.handlers``) for updates that have the part it reads.
+
+
+def message_of(update: Update) -> Message:
+    """The message of a command or message handler, or the one with the button pressed."""
+    message = update.effective_message
+    assert message is not None
+    return message
+
+
+def callback_query_of(update: Update) -> CallbackQuery:
+    """The button press of a ``CallbackQueryHandler``."""
+    query = update.callback_query
+    assert query is not None
+    return query
+
+
+def sender_of(message: Message) -> User:
+    """Who sent ``message``: every message but a channel post has a sender, and the bot answers no channel posts."""
+    user = message.from_user
+    assert user is not None
+    return user

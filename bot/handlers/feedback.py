@@ -18,7 +18,7 @@ from telegram import CallbackQuery, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest
 
 from bot import render
-from bot.handlers.context import BotContext
+from bot.handlers.context import BotContext, callback_query_of, message_of, sender_of
 from bot.metrics import metrics_of
 from bot.services.errors import FeedbackRejected, UnknownLabel
 from bot.store.retry import DatabaseUnavailable
@@ -29,7 +29,7 @@ ButtonAction = Callable[[CallbackQuery, render.Callback, BotContext], Awaitable[
 
 async def on_button(update: Update, context: BotContext) -> None:
     """Dispatch a button press by its action letter."""
-    query = update.callback_query
+    query = callback_query_of(update)
     callback = render.parse(query.data)
     if callback is None:
         log.info("unrecognised callback data from %s: %r", query.from_user.id, query.data)
@@ -57,7 +57,8 @@ async def confirm(query: CallbackQuery, callback: render.Callback, context: BotC
 async def show_models(query: CallbackQuery, callback: render.Callback, context: BotContext) -> None:
     """❌ Wrong, "It is a sneaker", "It is one of yours", "Change answer" and ◀ ▶: the paged list of models."""
     await asyncio.to_thread(context.services.feedback.check, callback.prediction_id, query.from_user.id)
-    page = int(callback.arg) if callback.action == render.Action.PAGE and (callback.arg or "").isdigit() else 0
+    arg = callback.arg or ""
+    page = int(arg) if callback.action == render.Action.PAGE and arg.isdigit() else 0
     await _answer(query)
     keyboard = render.correction_keyboard(callback.prediction_id, context.services.models.sorted_classes(), page)
     await _edit(query, render.CORRECTION_TEXT, keyboard)
@@ -121,11 +122,14 @@ async def _edit(query: CallbackQuery, text: str, keyboard: InlineKeyboardMarkup)
 
 async def on_text(update: Update, context: BotContext) -> None:
     """A typed name after "Not listed" or "Tell me its name" becomes a suggestion; other text gets the how-to."""
-    message = update.effective_message
+    message = message_of(update)
+    user_id = sender_of(message).id
+    text = message.text
+    assert text is not None  # registered for text messages only
     try:
-        suggestion = await asyncio.to_thread(context.services.feedback.suggest, message.from_user.id, message.text)
+        suggestion = await asyncio.to_thread(context.services.feedback.suggest, user_id, text)
     except DatabaseUnavailable as exc:
-        log.warning("text from %s not stored: %s", message.from_user.id, exc)
+        log.warning("text from %s not stored: %s", user_id, exc)
         await message.reply_text(render.DB_UNAVAILABLE_TEXT)
         return
     if suggestion is None:

@@ -21,7 +21,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
 from bot import render
-from bot.handlers.context import BotContext
+from bot.handlers.context import BotContext, message_of, sender_of
 from bot.metrics import metrics_of
 from bot.services.errors import PhotoRejected
 from bot.services.identify import PhotoRequest
@@ -38,7 +38,7 @@ def largest_fitting(sizes: Sequence[PhotoSize], max_bytes: int) -> PhotoSize | N
 
 async def on_photo(update: Update, context: BotContext) -> None:
     """A photo: answer with the top guesses."""
-    message = update.effective_message
+    message = message_of(update)
     size = largest_fitting(message.photo, context.services.limits.max_download_bytes)
     if size is None:
         await reply(message, render.too_large_text(context.services.limits.max_download_bytes))
@@ -48,8 +48,9 @@ async def on_photo(update: Update, context: BotContext) -> None:
 
 async def on_image_file(update: Update, context: BotContext) -> None:
     """An image sent as a file: same as a photo, after the size check."""
-    message = update.effective_message
+    message = message_of(update)
     document = message.document
+    assert document is not None  # registered for image documents only
     if (document.file_size or 0) > context.services.limits.max_download_bytes:
         await reply(message, render.too_large_text(context.services.limits.max_download_bytes))
         return
@@ -60,7 +61,7 @@ async def identify_and_reply(message: Message, file_id: str, context: BotContext
     """The shared path: limit, typing, download, identify, reply, remember the reply."""
     services = context.services
     started = time.perf_counter()
-    user = message.from_user
+    user = sender_of(message)
     if not await asyncio.to_thread(services.rate_limit.allow, user.id):
         await reply(message, render.rate_limited_text(services.limits.rate_limit_per_minute))
         return

@@ -35,7 +35,7 @@ from bot.store.models import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy import CursorResult, Result
+    from sqlalchemy import CursorResult, Insert, Result
 
 CORRECTION = "wrong"  # the feedback verdict of a correction
 
@@ -378,13 +378,16 @@ class UpdateClaimRepository:
     def _insert(self, update_id: int, instance: str, now: datetime) -> bool:
         """Insert the claim unless one exists (no error, no aborted transaction on PostgreSQL)."""
         dialect = self.session.get_bind().dialect.name
+        values = {"update_id": update_id, "instance": instance, "claimed_at": now}
+        statement: Insert  # each dialect's own INSERT: both have ON CONFLICT DO NOTHING
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+            statement = (postgresql_insert(UpdateClaim).values(**values)
+                         .on_conflict_do_nothing(index_elements=["update_id"]))
         else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        statement = (dialect_insert(UpdateClaim).values(update_id=update_id, instance=instance, claimed_at=now)
-                     .on_conflict_do_nothing(index_elements=["update_id"]).returning(UpdateClaim.update_id))
-        return self.session.execute(statement).first() is not None
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            statement = sqlite_insert(UpdateClaim).values(**values).on_conflict_do_nothing(index_elements=["update_id"])
+        return self.session.execute(statement.returning(UpdateClaim.update_id)).first() is not None
 
 
 def _aware(moment: datetime) -> datetime:
