@@ -9,8 +9,8 @@ import importlib
 import sys
 import time
 
-BENCHMARKS: list[str] = ["bench.accuracy", "bench.gate", "bench.speed", "bench.bot_latency", "bench.scrape_speed",
-                         "bench.dedupe", "bench.addclass"]
+BENCHMARKS: list[str] = ["bench.accuracy", "bench.robustness", "bench.openset", "bench.gate", "bench.speed",
+                         "bench.bot_latency", "bench.scrape_speed", "bench.dedupe", "bench.addclass"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from ml.degrade import PHONE_P, phone
 from ml.preprocessing import EvalArrayTransform, Preprocessing, eval_array_transform  # noqa: F401 - public here too
 
 
@@ -38,7 +40,7 @@ def train_transform(
     return T.Compose(steps + _to_tensor(prep))
 
 
-AUGMENTATIONS = ("standard", "strong")
+AUGMENTATIONS = ("standard", "strong", "phone")
 
 
 def strong_train_transform(prep: Preprocessing, *, jitter: float = 0.3) -> T.Compose:
@@ -57,8 +59,38 @@ def strong_train_transform(prep: Preprocessing, *, jitter: float = 0.3) -> T.Com
     ])
 
 
+class PhoneDegradations:
+    """``ml.degrade.phone`` as a transform of PIL images: each degradation with chance ``p``.
+
+    Its generator is seeded from torch's, as torchvision's random transforms draw theirs: each
+    photo gets its own draw, and a run is reproducible from its seed (``torch.manual_seed``, and the
+    seeded DataLoader generator that seeds each worker's torch). It holds no state, so it pickles
+    into DataLoader workers.
+    """
+
+    def __init__(self, p: float = PHONE_P) -> None:
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        seed = int(torch.randint(0, 2**63 - 1, ()).item())
+        return phone(image, np.random.default_rng(seed), self.p)
+
+
+def phone_train_transform(prep: Preprocessing, *, p: float = PHONE_P) -> T.Compose:
+    """Photos as people take them: phone degradations (small in the frame, at an angle, blurred,
+    dim, a colour cast, a thumbnail, recompressed; ``ml.degrade``) on the whole photo, as the
+    camera and the messenger make them, then the ``strong`` preset's views.
+
+    Why: the scraped train photos are clean product shots; users send phone photos, and a model
+    that never saw one loses points on them (``bench.robustness``).
+    """
+    return T.Compose([PhoneDegradations(p), strong_train_transform(prep)])
+
+
 def augmentation(name: str, prep: Preprocessing) -> T.Compose:
     """The train preset by name (``TrainConfig.augment``)."""
+    if name == "phone":
+        return phone_train_transform(prep)
     if name == "strong":
         return strong_train_transform(prep)
     if name == "standard":
