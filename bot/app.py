@@ -35,7 +35,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot import render
+from bot import native_memory, render
 from bot.handlers import admin, commands, fallback, feedback, photos
 from bot.handlers.context import SERVICES_KEY, BotContext, BotLimits, BotServices
 from bot.learning_loop import LearningLoop
@@ -194,6 +194,13 @@ async def _on_started(application: Application) -> None:
                                             first=5, name="retention")
         application.job_queue.run_repeating(services.loop.tick, interval=services.limits.model_poll_seconds,
                                             first=1, name="learning_loop")
+        application.job_queue.run_repeating(_trim_job, interval=native_memory.TRIM_INTERVAL_S,
+                                            first=native_memory.TRIM_INTERVAL_S, name="memory_trim")
+
+
+async def _trim_job(context: BotContext) -> None:
+    """Give the allocator's free pages back (``bot.native_memory``), off the loop."""
+    await asyncio.to_thread(native_memory.trim)
 
 
 async def _retention_job(context: BotContext) -> None:
@@ -204,6 +211,7 @@ async def _retention_job(context: BotContext) -> None:
 def build_runtime(settings: Settings, *, served: ServedModel | None = None, api_root: str | None = None,
                   token: str | None = None, metrics: BotMetrics | None = None) -> BotRuntime:
     """Database (migrated), model (starter installed on first start), services, metrics and Application."""
+    native_memory.tune_allocator()  # before the model's and the pool's threads allocate
     settings.ensure_dirs()
     engine = init_db(settings.db_url, retry_seconds=settings.db_retry_seconds)
     sessions = session_factory(engine)
