@@ -3,10 +3,11 @@
 ```
 model.json     format version, backbone, preprocessing, classes + display names, thresholds,
                metrics (val, test), resolved config, data snapshot, training history
-head.pt        classifier head + footwear scorer state
+head.pt        classifier head (one row per class, then the open-set outputs, if any) + footwear scorer state
 backbone.pt    fine-tuned backbone weights (fp16), only when the backbone was trained
 centroids.npy  L2-normalised mean embedding per class (fp16), for the "familiar" verdict rule
-carried.npz    backbone features of its train/val/test photos (8 bit), what a head retrain needs (ml.carried)
+carried.npz    backbone features of its train/val/test photos (8 bit), what a head retrain needs (ml.carried),
+               and of its negatives' photos when it has open-set outputs (model.json "open_set")
 audit.csv      the label audit's flagged photos, when one was applied
 model.onnx     backbone + head + footwear in one graph (or built on first load into a cache)
 plots/*.png    curves.png, confusion.png, examples.png
@@ -47,9 +48,11 @@ from ml.model_json import (  # noqa: F401 - re-exported: model.json's names, tor
     classes_of,
     dir_size,
     display_name,
+    head_outputs,
     labels_of,
     load_centroids,
     model_info,
+    open_outputs,
     read_model_json,
     save_centroids,
     weights_fingerprint,
@@ -103,9 +106,9 @@ def load_net(model_dir: Path, meta: dict | None = None) -> SneakerNet:
         footwear = CentroidFootwear(head_state["footwear"]["centroids"])
     else:
         footwear = ImageNetFootwear(head_state["footwear"]["indices"].tolist())
-    if len(meta["classes"]) != head_state["n_classes"]:
-        raise ModelDirError(f"{model_dir}: model.json lists {len(meta['classes'])} classes, "
-                            f"head.pt has {head_state['n_classes']}")
+    if len(head_outputs(meta)) != head_state["n_classes"]:
+        raise ModelDirError(f"{model_dir}: model.json lists {len(meta['classes'])} classes and "
+                            f"{len(open_outputs(meta))} open-set outputs, head.pt has {head_state['n_classes']} rows")
     return SneakerNet(backbone, head, footwear).eval()
 
 

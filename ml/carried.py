@@ -7,6 +7,13 @@ backbone's features of the old photos, so ``carried.npz`` keeps them: the ``cent
 of every train, val and test photo and the ``flip`` view of the train photos, with their
 label, split, sha1 and ImageNet footwear score (val thresholds are calibrated on it).
 
+A model with open-set outputs (``ml.verdicts.OPEN_SET_OUTPUTS``) also carries its negatives'
+train, val and test photos (``ml.negatives``; never the held-out groups), labelled with the
+output they train and keeping their group, so a retrain keeps those outputs and recalibrates
+the ``open`` threshold. Readers that rank classes never see them unless they ask
+(``select(negatives=True)``): the promotion gate's test photos, top-1 figures and class lists
+are about the known classes.
+
 Why 8 bits: the features are post-ReLU6 averages, so each row is stored as uint8 between
 its own minimum and maximum (1 byte per value instead of 2 for fp16, 15 MB instead of 30
 for the starter's 8,700 photos). ``quantization_check`` measures what it costs: the
@@ -23,18 +30,23 @@ import numpy as np
 import pandas as pd
 
 from ml.atomic import atomic_path
+from ml.verdicts import OPEN_SET_OUTPUTS
 
 CARRIED_FILE = "carried.npz"
-COLUMNS = ["sha1", "label", "split", "view", "footwear"]
+COLUMNS = ["sha1", "label", "split", "view", "footwear", "group"]  # group: a negative's (ml.negatives), else ""
 CARRIED_VIEWS = {"train": ("center", "flip"), "val": ("center",), "test": ("center",)}
 
 
 @dataclass
 class Carried:
-    """Rows of (sha1, label, split, view, footwear) and their features, float32 ``[N, D]``."""
+    """Rows of (sha1, label, split, view, footwear, group) and their features, float32 ``[N, D]``."""
 
     frame: pd.DataFrame
     feats: np.ndarray
+
+    def __post_init__(self) -> None:
+        if "group" not in self.frame:  # rows made before negatives were carried
+            self.frame = self.frame.assign(group="")
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -44,9 +56,9 @@ class Carried:
         """Width of the feature rows."""
         return int(self.feats.shape[1]) if self.feats.ndim == 2 else 0
 
-    def select(self, *, split: str | None = None, view: str | None = None) -> Carried:
-        """The rows of one split and/or view."""
-        mask = np.ones(len(self.frame), dtype=bool)
+    def select(self, *, split: str | None = None, view: str | None = None, negatives: bool = False) -> Carried:
+        """The known classes' rows of one split and/or view; with ``negatives``, the negatives' rows too."""
+        mask = np.ones(len(self.frame), dtype=bool) if negatives else ~self.negative_rows()
         if split is not None:
             mask &= (self.frame["split"] == split).to_numpy()
         if view is not None:
@@ -58,9 +70,13 @@ class Carried:
         keep = ~self.frame["sha1"].isin(sha1s).to_numpy()
         return Carried(self.frame[keep].reset_index(drop=True), self.feats[keep])
 
+    def negative_rows(self) -> np.ndarray:
+        """Boolean per row: a negative's (labelled with an open-set output)."""
+        return self.frame["label"].isin(OPEN_SET_OUTPUTS).to_numpy()
+
     def labels(self) -> list[str]:
-        """The labels present, sorted."""
-        return sorted(self.frame["label"].unique())
+        """The class labels present, sorted (the open-set outputs are not classes)."""
+        return sorted(self.frame.loc[~self.negative_rows(), "label"].unique())
 
     @classmethod
     def empty(cls, dim: int) -> Carried:
@@ -87,8 +103,8 @@ class Carried:
         with atomic_path(path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(
                 handle, q=q, lo=lo, step=step, footwear=self.frame["footwear"].to_numpy(np.float16),
-                **{name: np.asarray(self.frame[name].astype(str).tolist(), dtype=str)
-                   for name in ("sha1", "label", "split", "view")})
+                **{name: np.asarray(self.frame[name].fillna("").astype(str).tolist(), dtype=str)
+                   for name in ("sha1", "label", "split", "view", "group")})
         return CARRIED_FILE
 
     @classmethod
@@ -100,6 +116,7 @@ class Carried:
         with np.load(Path(model_dir) / name, allow_pickle=False) as data:
             frame = pd.DataFrame({key: data[key].astype(str) for key in ("sha1", "label", "split", "view")})
             frame["footwear"] = data["footwear"].astype(np.float32)
+            frame["group"] = data["group"].astype(str) if "group" in data.files else ""
             feats = dequantize(data["q"], data["lo"], data["step"])
         return cls(frame, feats)
 

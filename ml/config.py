@@ -50,6 +50,7 @@ class TrainConfig:
     target_precision: float = 0.9  # unsure threshold: confident answers must be this precise on val
     footwear_quantile: float = 0.02  # footwear threshold: this share of val sneakers may be "not_sneaker"
     familiar_quantile: float = 0.25  # "familiar" threshold: this share of val sneakers is less familiar
+    open_quantile: float = 0.02  # "open" threshold: at most this share of val sneakers reach it (open-set models)
     negatives: str | None = None  # folder with sneakers/ and not_sneakers/: photos that are none of the classes
     holdout_groups: list[str] | None = None  # negative groups never trained on (None: ml.negatives' default)
     extra: dict = field(default_factory=dict)

@@ -79,23 +79,33 @@ def index_dataset(
     files = [
         (path, label_dir.name)
         for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for path in sorted(label_dir.iterdir())
-        if path.is_file() and not path.name.startswith(".")
+        for path in visible_files(label_dir)
     ]
+    index = index_files(files, min_side=min_side, source=source or root.name, progress=progress)
+    if len(index.problems):
+        log.info("index %s: %d images, %d left out (%s)", root, len(index.frame), len(index.problems),
+                 dict(index.problems["kind"].value_counts()))
+    return index
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """The files of ``folder``, sorted, hidden ones (``.name``) left out."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def index_files(files: list[tuple[Path, str]], *, min_side: int = MIN_SIDE, source: str = "",
+                progress: bool = True) -> DatasetIndex:
+    """Verify ``(path, label)`` pairs: the usable images (duplicates and label conflicts dropped) and the problems."""
     rows, problems = [], []
     for path, label in tqdm(files, desc="index", unit="img", disable=not progress, leave=False):
         row, problem = _inspect(path, label, min_side)
         if problem:
             problems.append(problem)
         else:
-            rows.append({**row, "source": source or root.name})
+            rows.append({**row, "source": source})
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame, dup_problems = _drop_duplicates(frame)
-    problems_frame = pd.DataFrame(problems + dup_problems, columns=PROBLEM_COLUMNS)
-    if len(problems_frame):
-        log.info("index %s: %d images, %d left out (%s)", root, len(frame), len(problems_frame),
-                 dict(problems_frame["kind"].value_counts()))
-    return DatasetIndex(frame.reset_index(drop=True), problems_frame)
+    return DatasetIndex(frame.reset_index(drop=True), pd.DataFrame(problems + dup_problems, columns=PROBLEM_COLUMNS))
 
 
 def _inspect(path: Path, label: str, min_side: int) -> tuple[dict, dict | None]:

@@ -3,6 +3,12 @@
 Runs the exact served network (``SneakerNet``, with fp16-rounded weights when those are what
 ships) over val and test, calibrates the thresholds on val, measures on test, draws the
 plots, exports ONNX and writes model.json and README.md.
+
+With negatives (``ml.negatives``) the head has the open-set outputs after the classes: model.json
+records them in an ``open_set`` block (``ml.negatives.OPEN_SET_METHOD``, the outputs, the negatives' counts
+per group and split, the held-out groups, the split rule), the ``open`` threshold is calibrated
+on the val negatives too, and the metrics give the verdict rates of the val and test negatives
+and of the held-out groups per group (``metrics.negatives``).
 """
 
 from __future__ import annotations
@@ -25,21 +31,27 @@ from ml.backbones import Backbone, Preprocessing
 from ml.calibrate import calibrate_thresholds
 from ml.config import TrainConfig
 from ml.data import ImageFrameDataset
-from ml.evaluate import compute_metrics
+from ml.evaluate import compute_metrics, negative_rates
 from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
+from ml.negatives import HELDOUT, Negatives
 from ml.plots import plot_confusion, plot_curves, plot_examples
 from ml.transforms import eval_transform
-from ml.verdicts import known_level
+from ml.verdicts import OPEN_SET_OUTPUTS, known_level, known_probs
 
 log = logging.getLogger(__name__)
 
 MAX_DIR_BYTES = 25 * 1024 * 1024  # keep model dirs small enough for the repo; ONNX is rebuilt on load otherwise
 EXAMPLES = 36
+NEGATIVE_SPLITS = ("val", "test", HELDOUT)
 
 
 def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, classes: list[str], frame: pd.DataFrame,
-                   prep: Preprocessing, history: list[dict], snapshot: dict) -> Path:
-    """Evaluate, calibrate, plot and write the model directory; returns its path."""
+                   prep: Preprocessing, history: list[dict], snapshot: dict,
+                   negatives: Negatives | None = None) -> Path:
+    """Evaluate, calibrate, plot and write the model directory; returns its path.
+
+    ``head`` has a row per class, then the open-set outputs when the run had ``negatives``.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finetuned = cfg.mode == "finetune"
@@ -63,17 +75,11 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
         part = frame[frame["split"] == split].reset_index(drop=True)
         ds = ImageFrameDataset(part, class_to_idx, eval_transform(prep))
         outputs[split] = (part, *_run(net, ds, f"final {split}", cfg.progress, centroids.numpy()))
-    val_part, val_probs, val_fw, val_familiar = outputs["val"]
-    y_val = np.array([class_to_idx[c] for c in val_part["label"]], dtype=int)
-    thresholds = calibrate_thresholds(val_probs, y_val, val_fw, target_precision=cfg.target_precision,
-                                      footwear_quantile=cfg.footwear_quantile,
-                                      method="imagenet" if imagenet_valid else "centroid",
-                                      familiarity=val_familiar, familiar_quantile=cfg.familiar_quantile)
-    metrics = {}
-    for split, (part, probs, fw, familiar) in outputs.items():
-        y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
-        metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=familiar)
-    _plots(out, history, outputs["test"][:3], classes, class_to_idx, cfg)
+    negative_outputs = _negative_outputs(net, negatives, classes, prep, cfg, centroids.numpy())
+    thresholds, metrics = _calibrate_and_measure(cfg, classes, outputs, negative_outputs,
+                                                 "imagenet" if imagenet_valid else "centroid")
+    part, probs, _, _ = outputs["test"]
+    _plots(out, history, (part, known_probs(probs, probs.shape[1] - len(classes))), classes, class_to_idx, cfg)
     audit = _audit_review(out, net, frame, class_to_idx, prep, cfg, centroids.numpy())
 
     # a backbone that is not the stock pretrained one must ship its weights
@@ -96,6 +102,7 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
         "data": {**snapshot, **({"audit_review": audit} if audit else {})},
         "history": history,
         "files": {**files, "onnx": None},
+        **({"open_set": negatives.open_set_block()} if negatives is not None else {}),
     }
     artifacts.write_model_json(out, meta)
     meta["files"]["onnx"] = _maybe_export_onnx(out, net, prep, meta)
@@ -105,22 +112,49 @@ def finalize_model(cfg: TrainConfig, backbone: Backbone, head: Classifier, class
         shutil.copyfile(cfg.exclude_file, out / artifacts.AUDIT_FILE)
         meta["config"]["exclude_file"] = artifacts.AUDIT_FILE  # recorded relative to the model directory
     artifacts.write_model_json(out, meta)
-    _carry(out, frame, cfg)
+    _carry(out, frame, negatives, cfg)
     write_readme(out, artifacts.read_model_json(out))
     log.info("model written to %s (test top-1 %.3f, top-3 %.3f)", out, metrics["test"].get("top1", float("nan")),
              metrics["test"].get("top3", float("nan")))
     return out
 
 
-MACHINE_PATHS = ("data_dir", "init_from")
+def _calibrate_and_measure(cfg: TrainConfig, classes: list[str], outputs: dict, negative_outputs: dict,
+                           method: str) -> tuple[dict, dict]:
+    """(thresholds calibrated on val, metrics of val and test and of the negatives per split).
+
+    ``outputs`` and ``negative_outputs``: {split: (rows, probs, footwear, familiarity)}; the
+    latter is empty for a run without negatives, whose head has no open-set outputs.
+    """
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    n_open = len(OPEN_SET_OUTPUTS) if negative_outputs else 0
+    val_part, val_probs, val_fw, val_familiar = outputs["val"]
+    y_val = np.array([class_to_idx[c] for c in val_part["label"]], dtype=int)
+    val_negatives = negative_outputs.get("val")
+    thresholds = calibrate_thresholds(
+        val_probs, y_val, val_fw, target_precision=cfg.target_precision, footwear_quantile=cfg.footwear_quantile,
+        method=method, familiarity=val_familiar, familiar_quantile=cfg.familiar_quantile, n_open=n_open,
+        negative_probs=val_negatives[1] if val_negatives else None,
+        negative_groups=list(val_negatives[0]["group"]) if val_negatives else (), open_quantile=cfg.open_quantile)
+    metrics: dict = {}
+    for split, (part, probs, fw, familiar) in outputs.items():
+        y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
+        metrics[split] = compute_metrics(probs, y, classes, footwear=fw, thresholds=thresholds, familiarity=familiar)
+    if negative_outputs:
+        metrics["negatives"] = {split: negative_rates(probs, fw, thresholds, part, familiar, n_open=n_open)
+                                for split, (part, probs, fw, familiar) in negative_outputs.items()}
+    return thresholds, metrics
+
+
+MACHINE_PATHS = ("data_dir", "init_from", "negatives")
 
 
 def portable_config(cfg: dict) -> dict:
     """The resolved config as model.json records it: no path that only resolves where the model was built.
 
-    The data folder and the model a run warm started from are recorded by their folder names (provenance:
-    nothing reads them back; a retrain uses what the directory carries), the output and cache folders
-    not at all, the label audit as the copy inside the model directory.
+    The data and negatives folders and the model a run warm started from are recorded by their folder
+    names (provenance: nothing reads them back; a retrain uses what the directory carries), the output
+    and cache folders not at all, the label audit as the copy inside the model directory.
     """
     cfg = dict(cfg)
     for key in MACHINE_PATHS:
@@ -130,13 +164,29 @@ def portable_config(cfg: dict) -> dict:
     return cfg
 
 
-def _carry(out: Path, frame: pd.DataFrame, cfg) -> None:
+def _carry(out: Path, frame: pd.DataFrame, negatives: Negatives | None, cfg) -> None:
     """The features of every train, val and test photo under this model's backbone (``ml.carried``):
-    what a later head retrain needs instead of the photos."""
+    what a later head retrain needs instead of the photos; the negatives' too (never the held-out groups)."""
     from ml.retrain import carry_frame
 
+    if negatives is not None:
+        frame = pd.concat([frame.assign(group=""), negatives.part("train", "val", "test")], ignore_index=True)
     with tempfile.TemporaryDirectory() as tmp:
         carry_frame(out, frame, Path(cfg.cache_dir) if cfg.cache_dir else Path(tmp))
+
+
+def _negative_outputs(net: SneakerNet, negatives: Negatives | None, classes: list[str], prep: Preprocessing, cfg,
+                      centroids: np.ndarray) -> dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]]:
+    """{split: (rows, probs, footwear, familiarity)} of the val, test and held-out negatives ({} without any)."""
+    if negatives is None:
+        return {}
+    index = {name: i for i, name in enumerate([*classes, *OPEN_SET_OUTPUTS])}
+    out = {}
+    for split in NEGATIVE_SPLITS:
+        part = negatives.part(split)
+        ds = ImageFrameDataset(part, index, eval_transform(prep))
+        out[split] = (part, *_run(net, ds, f"negatives {split}", cfg.progress, centroids))
+    return out
 
 
 @torch.inference_mode()
@@ -169,6 +219,7 @@ def _audit_review(out: Path, net: SneakerNet, frame: pd.DataFrame, class_to_idx:
         return None
     probs = _run(net, ImageFrameDataset(part, class_to_idx, eval_transform(prep)), "audit", cfg.progress,
                  centroids)[0]
+    probs = known_probs(probs, probs.shape[1] - len(class_to_idx))
     y = np.array([class_to_idx[c] for c in part["label"]], dtype=int)
     pred = probs.argmax(1)
     classes = list(class_to_idx)
@@ -192,7 +243,8 @@ def _class_centroids(backbone: Backbone, train: pd.DataFrame, class_to_idx: dict
 
 
 def _plots(out: Path, history: list[dict], test, classes: list[str], class_to_idx: dict, cfg) -> None:
-    part, probs, _ = test
+    """Curves, the test confusion matrix and examples; ``test`` is (rows, probabilities over the classes)."""
+    part, probs = test
     plots = out / "plots"
     title = f"{cfg.backbone} {cfg.mode}"
     plot_curves(history, plots / "curves.png", title)
@@ -287,7 +339,9 @@ def write_readme(out: Path, meta: dict) -> Path:
         + (f"; a photo under the footwear threshold but at least {th['familiar']:.2f} similar to a class "
            "centroid is answered \"unsure\", not \"not a sneaker\"; from "
            f"{known_level(th):.2f} the footwear score is not consulted (nor computed when served)"
-           if th.get("familiar") is not None else ""),
+           if th.get("familiar") is not None else "")
+        + (f"; a photo with at least {th['open']:.3f} of its probability on the open-set outputs is an unknown "
+           "sneaker or another shoe" if th.get("open") is not None else ""),
         "",
         "## Metrics",
         "",
@@ -305,12 +359,29 @@ def write_readme(out: Path, meta: dict) -> Path:
         lines += ["Verdicts on test (all are sneakers): "
                   + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()),
                   ""]
+    lines += open_set_lines(meta)
     lines += ["Plots: `plots/curves.png`, `plots/confusion.png`, `plots/examples.png` (wrong answers in red)"
               + (", `plots/audit.png` (the photos the label audit set aside)." if meta["data"].get("audit_review")
                  else "."), ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def open_set_lines(meta: dict) -> list[str]:
+    """The README's open-set paragraph: the negatives' verdict rates on test and in the held-out groups."""
+    rates = meta["metrics"].get("negatives")
+    if not rates:
+        return []
+    block = meta["open_set"]
+    held = ", ".join(block["negatives"]["holdout_groups"]) or "none"
+    lines = [f"Open set ({block['method']}: outputs {', '.join(block['outputs'])}; negatives from "
+             f"`{block['negatives']['folder']}`, held out: {held}). Verdicts of the negatives:", ""]
+    for split in ("test", HELDOUT):
+        for kind, entry in rates.get(split, {}).get("kinds", {}).items():
+            lines.append(f"- {split} {kind} ({entry['n']}): "
+                         + ", ".join(f"{k} {v:.1%}" for k, v in entry["verdicts"].items()))
+    return [*lines, ""]
 
 
 def _audit_line(data: dict) -> str:
@@ -348,4 +419,10 @@ def train_command(cfg: dict) -> str:
         parts += [] if cfg.get("flip_view", True) else ["--no-flip-view"]
     if cfg.get("exclude_file"):
         parts += ["--exclude", cfg["exclude_file"]]
+    if cfg.get("negatives"):
+        parts += ["--negatives", cfg["negatives"]]
+        if cfg.get("holdout_groups"):
+            parts += ["--holdout-groups", ",".join(cfg["holdout_groups"])]
+        if cfg.get("open_quantile", 0.02) != 0.02:
+            parts += ["--open-quantile", f"{cfg['open_quantile']:g}"]
     return " ".join(parts)

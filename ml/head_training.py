@@ -32,6 +32,12 @@ def fit_linear(x: np.ndarray, y: np.ndarray, n_classes: int, *, x_val: np.ndarra
                batch_size: int | None = None) -> tuple[Classifier, list[dict]]:
     """Train ``Classifier`` on features; keeps the weights with the best val accuracy.
 
+    The loss weighs every output alike (inverse-frequency class weights, ``ml.data.class_weights``).
+    Why for the open-set outputs too: the negatives are a few hundred photos per output against
+    one to two hundred per class; unweighted, "some other sneaker" would pull like two or three
+    classes and win every doubtful Air Jordan, weighted down further it would not be learnt. As
+    heavy as one class each, they take what looks like none of the classes without swamping 32.
+
     ``init`` warm starts from a fitted head (a retrain). Its own val accuracy is the first
     one to beat, so a warm-started run never ends worse on val than where it began.
     ``batch_size`` trains each step on a seeded random batch instead of every row: with
@@ -94,23 +100,30 @@ def predict_proba(head: Classifier, x: np.ndarray) -> np.ndarray:
     return torch.softmax(head(torch.from_numpy(x).float()), 1).numpy()
 
 
-def fit_head_from_embeddings(cfg, backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame,
-                             classes: list[str]) -> tuple[Classifier, list[dict]]:
-    """Embed train (all views) and val (centre view), then fit the head."""
-    class_to_idx = {c: i for i, c in enumerate(classes)}
+def fit_head_from_embeddings(cfg, backbone: Backbone, prep: Preprocessing, frame: pd.DataFrame, outputs: list[str],
+                             negatives: pd.DataFrame | None = None) -> tuple[Classifier, list[dict]]:
+    """Embed train (all views) and val (centre view), then fit a head with one row per output.
+
+    ``outputs``: the classes, then the open-set outputs when ``negatives`` (``ml.negatives``
+    rows, labelled with the output they train) join train and val. Each output weighs as much
+    as one class (``fit_linear``'s balanced weights), whatever its photo count.
+    """
+    index = {c: i for i, c in enumerate(outputs)}
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    train = frame[frame["split"] == "train"]
-    val = frame[frame["split"] == "val"]
+    rows = frame if negatives is None else pd.concat([frame, negatives], ignore_index=True)
+    train = rows[rows["split"] == "train"]
+    val = rows[rows["split"] == "val"]
     views = view_names(cfg.aug_views, flip=getattr(cfg, "flip_view", True))
     train_emb = embed_frame(backbone, prep, train, views, cache, progress=cfg.progress)
     val_emb = embed_frame(backbone, prep, val, ["center"], cache, progress=cfg.progress)
-    y_train = np.array([class_to_idx[c] for c in train["label"]])
+    y_train = np.array([index[c] for c in train["label"]])
     x = np.concatenate([train_emb[v][0] for v in views])
     y = np.concatenate([y_train] * len(views))
     x_val = val_emb["center"][0]
-    y_val = np.array([class_to_idx[c] for c in val["label"]])
-    log.info("head: %d train vectors (%d images x %d views), %d val", len(x), len(train), len(views), len(x_val))
-    head, history = fit_linear(x, y, len(classes), x_val=x_val if len(x_val) else None,
+    y_val = np.array([index[c] for c in val["label"]])
+    log.info("head: %d train vectors (%d images x %d views), %d val, %d outputs", len(x), len(train), len(views),
+             len(x_val), len(outputs))
+    head, history = fit_linear(x, y, len(outputs), x_val=x_val if len(x_val) else None,
                                y_val=y_val if len(x_val) else None, steps=cfg.epochs, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, dropout=cfg.dropout,
                                label_smoothing=cfg.label_smoothing, seed=cfg.seed, progress=cfg.progress)

@@ -54,6 +54,12 @@ class ModelInfo:
     footwear_method: str = "imagenet"
     created: str | None = None
     data: dict = field(default_factory=dict)
+    open_set: dict = field(default_factory=dict)  # model.json's "open_set" block; empty for a model without one
+
+    @property
+    def open_outputs(self) -> tuple[str, ...]:
+        """The head's outputs after the classes (``ml.verdicts.OPEN_SET_OUTPUTS``), none for most models."""
+        return tuple(self.open_set.get("outputs", ()))
 
 
 def read_model_json(model_dir: Path) -> dict:
@@ -76,7 +82,7 @@ def model_info(model_dir: Path, meta: dict) -> ModelInfo:
         metrics=meta.get("metrics", {}), config=meta.get("config", {}), version=meta.get("version"),
         format_version=int(meta["format_version"]), finetuned=bool(meta["backbone"].get("finetuned")),
         footwear_method=meta.get("footwear", {}).get("method", "imagenet"), created=meta.get("created"),
-        data=meta.get("data", {}),
+        data=meta.get("data", {}), open_set=meta.get("open_set", {}),
     )
 
 
@@ -88,6 +94,20 @@ def classes_of(meta: dict) -> list[ClassInfo]:
 def labels_of(meta: dict) -> list[str]:
     """The class labels in model order (a bare list of labels, as hand-made test models have, is read too)."""
     return [c["label"] if isinstance(c, dict) else str(c) for c in meta.get("classes", [])]
+
+
+def open_outputs(meta: dict) -> tuple[str, ...]:
+    """The head outputs after the classes in a model trained with negatives (model.json's ``open_set``).
+
+    Why they are not classes: "some other sneaker" and "some other shoe" are never an answer
+    users can pick, so ``classes`` (and everything built from it) keeps the known models only.
+    """
+    return tuple(meta.get("open_set", {}).get("outputs", ()))
+
+
+def head_outputs(meta: dict) -> list[str]:
+    """Every row of the head in order: the class labels, then the open-set outputs."""
+    return [*labels_of(meta), *open_outputs(meta)]
 
 
 def backbone_name(meta: dict) -> str:

@@ -26,7 +26,7 @@ from ml.errors import ModelDirError
 from ml.images import ImageSource, open_image
 from ml.model_json import ClassInfo, ModelInfo
 from ml.preprocessing import eval_array_transform
-from ml.verdicts import known_level, verdicts
+from ml.verdicts import known_level, known_probs, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Prediction:
         """JSON-ready (without the embedding)."""
         return {"top": [{"label": g.label, "display_name": g.display_name, "score": round(g.score, 4)}
                         for g in self.top],
-                "verdict": self.verdict,
+                "verdict": self.verdict, "detail": self.detail,
                 "footwear_score": None if self.footwear_score is None else round(self.footwear_score, 4),
                 **({"familiarity": round(self.familiarity, 4)} if self.familiarity is not None else {})}
 
@@ -83,9 +83,11 @@ class Predictor:
         self._transform = eval_array_transform(info.preprocessing)
         self._names = {c.label: c.display_name for c in classes}
         self._centroids = centroids
+        self.n_open = len(info.open_outputs)  # open-set outputs after the classes (``ml.verdicts.OPEN_SET_OUTPUTS``)
         self.thresholds: dict[str, float | None] = {
             "footwear": float(info.thresholds["footwear"]), "unsure": float(info.thresholds["unsure"]),
             "familiar": _optional_float(info.thresholds.get("familiar")) if centroids is not None else None,
+            **({"open": float(info.thresholds["open"])} if self.n_open else {}),
         }
 
     @classmethod
@@ -127,14 +129,17 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, k: int = 3, *,
                 batch_size: int = 16) -> list[Prediction]:
-        """Top-k guesses and a verdict per image. Raises ``BadImage`` for an unusable input.
+        """Top-k guesses and a verdict (with its detail) per image. Raises ``BadImage`` for an unusable input.
 
-        The footwear branch runs only when a photo of the batch needs it (``ml.verdicts.known_sneaker``);
-        when it did not run, ``footwear_score`` is None.
+        The guesses are always known classes, scored among them (``ml.verdicts.known_probs``), also
+        for an "unknown sneaker" (the closest known models). The footwear branch runs only when a
+        photo of the batch needs it (``ml.verdicts.known_sneaker``); when it did not run,
+        ``footwear_score`` is None.
         """
         probs, embedding, footwear, familiarity = self._infer(_as_list(images), batch_size, gate="needed")
-        rule = verdicts(probs, footwear, self.thresholds, familiarity)
-        return [self._prediction(probs[i], embedding[i], _score(footwear[i]), rule[i],
+        rule, detail = verdicts(probs, footwear, self.thresholds, familiarity, n_open=self.n_open)
+        known = known_probs(probs, self.n_open)
+        return [self._prediction(known[i], embedding[i], _score(footwear[i]), rule[i], detail[i],
                                  None if familiarity is None else float(familiarity[i]), k)
                 for i in range(len(probs))]
 
@@ -150,7 +155,11 @@ class Predictor:
 
     def predict_arrays(self, images: Sequence[ImageSource], *,
                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Raw (probs [N, C], footwear [N], familiarity [N] or None) for evaluation; footwear for every image."""
+        """Raw (probs [N, C], footwear [N], familiarity [N] or None) for evaluation; footwear for every image.
+
+        ``probs`` are the head's outputs as ``ml.verdicts.verdicts`` takes them: the classes, then
+        the ``n_open`` open-set outputs of a model trained with negatives.
+        """
         probs, _, footwear, familiarity = self._infer(list(images), batch_size, gate="all")
         return probs, footwear, familiarity
 
@@ -173,7 +182,7 @@ class Predictor:
             probs, embedding, footwear = self._runner(batch, level)
             outs.append((probs, embedding, footwear, self.familiarity(embedding)))
         if not outs:
-            n = len(self.classes)
+            n = len(self.classes) + self.n_open
             empty = np.zeros(0, np.float32)
             return np.zeros((0, n), np.float32), np.zeros((0, 0), np.float32), empty, \
                 (empty if self._centroids is not None else None)
@@ -182,11 +191,12 @@ class Predictor:
                 None if familiarity[0] is None else np.concatenate(familiarity))
 
     def _prediction(self, probs: np.ndarray, embedding: np.ndarray, footwear: float | None, verdict: str,
-                    familiarity: float | None, k: int) -> Prediction:
+                    detail: str | None, familiarity: float | None, k: int) -> Prediction:
+        """One answer; ``probs`` over the known classes only."""
         order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
         top = [Guess(self.classes[i].label, self.classes[i].display_name, float(probs[i])) for i in order]
         return Prediction(top=top, verdict=str(verdict), footwear_score=footwear, embedding=embedding,
-                          familiarity=familiarity)
+                          familiarity=familiarity, detail=None if detail is None else str(detail))
 
 
 def _score(value: float) -> float | None:

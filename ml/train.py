@@ -1,5 +1,9 @@
 """Training: ``head`` (frozen backbone, cached embeddings) and ``finetune`` (partial or full).
 
+With ``negatives`` (``ml.negatives``), both modes train two more head outputs after the
+classes (``ml.verdicts.OPEN_SET_OUTPUTS``): the negatives' train photos are their targets, their
+val photos join val (early stopping, calibration), and the held-out groups are only measured.
+
 A flat script in the torchvision-references style: ``train_one_epoch``, ``evaluate_loader``,
 ``run_training(config)``. Fine-tuning checkpoints every epoch (``checkpoints/last.pt``, and
 ``best.pt`` on a new best val accuracy) and resumes from ``last.pt``, because a run on a
@@ -39,8 +43,10 @@ from ml.data import (
 )
 from ml.errors import DatasetError
 from ml.model import Classifier
+from ml.negatives import Negatives, index_negatives
 from ml.teacher import TEMPERATURE, Teacher, distillation_loss, student_view
 from ml.transforms import augmentation, eval_transform
+from ml.verdicts import OPEN_SET_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,31 @@ def prepare_data(cfg: TrainConfig) -> tuple[pd.DataFrame, list[str], dict]:
         "seed": cfg.seed,
     }
     return frame, classes, snapshot
+
+
+def prepare_negatives(cfg: TrainConfig, frame: pd.DataFrame) -> Negatives | None:
+    """The run's negatives (``cfg.negatives``), split by ``ml.negatives``' rule; None without them.
+
+    A photo that is also filed under a class is left out: it is a positive.
+    """
+    if not cfg.negatives:
+        return None
+    negatives = index_negatives(cfg.negatives, cfg.holdout_groups, progress=cfg.progress).without(set(frame["sha1"]))
+    log.info("negatives %s: %s", cfg.negatives, dict(negatives.frame["split"].value_counts()))
+    return negatives
+
+
+def output_names(classes: list[str], negatives: Negatives | None) -> list[str]:
+    """The head's rows: the classes, then the open-set outputs when the run has negatives."""
+    return [*classes, *(OPEN_SET_OUTPUTS if negatives is not None else ())]
+
+
+def with_negatives(frame: pd.DataFrame, negatives: Negatives | None, split: str) -> pd.DataFrame:
+    """The class photos of ``split`` and, in a run with negatives, that split's negatives (columns path, label)."""
+    part = frame[frame["split"] == split]
+    if negatives is None:
+        return part
+    return pd.concat([part[["path", "label"]], negatives.part(split)[["path", "label"]]], ignore_index=True)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -139,7 +170,7 @@ class StepLoss:
 
     def __call__(self, model: FinetuneModel, images: torch.Tensor,
                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class logits, loss)."""
+        """(head logits, loss). A teacher knows the classes only: it is matched on the class logits."""
         view = student_view(images, self.size)
         if self.distill_imagenet:
             feats, student, frozen = model.backbone.distill_outputs(view)
@@ -149,31 +180,33 @@ class StepLoss:
             logits = model(view)
             loss = self.criterion(logits, targets)
         if self.teacher is not None:
-            loss = loss + self.teacher_weight * distillation_loss(logits, self.teacher.logits(images))
+            known = logits[:, : self.teacher.order.numel()]
+            loss = loss + self.teacher_weight * distillation_loss(known, self.teacher.logits(images))
         return logits, loss
 
 
-def build_finetune_model(cfg: TrainConfig, classes: list[str]) -> FinetuneModel:
-    """The backbone with its frozen stages and a fresh head (or the weights of ``cfg.init_from``)."""
+def build_finetune_model(cfg: TrainConfig, outputs: list[str]) -> FinetuneModel:
+    """The backbone with its frozen stages and a fresh head, one row per output (the classes, then any
+    open-set outputs), or the weights of ``cfg.init_from``."""
     backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained and not _is_scratch(cfg.backbone))
     if not backbone.from_scratch:
         backbone.prepare_finetune(cfg.trainable_stages)
-    model = FinetuneModel(backbone, Classifier(backbone.feature_dim, len(classes), cfg.dropout))
+    model = FinetuneModel(backbone, Classifier(backbone.feature_dim, len(outputs), cfg.dropout))
     if cfg.init_from:
-        warm_start(model, Path(cfg.init_from), classes)
+        warm_start(model, Path(cfg.init_from), outputs)
     return model
 
 
-def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> None:
+def warm_start(model: FinetuneModel, model_dir: Path, outputs: list[str]) -> None:
     """Copy a trained model's backbone and head rows into ``model``.
 
     Why: a retrain or a change of input size converges in a few epochs from a model that
     already knows these sneakers, instead of a full run from ImageNet weights. The backbone
     must have the same layout (same backbone and trainable stages), or fine-tune more blocks
-    than the source (those start from ImageNet); head rows are matched by class name, so new
-    classes start fresh and dropped ones are ignored.
+    than the source (those start from ImageNet); head rows are matched by name (a class label or
+    an open-set output), so new ones start fresh and dropped ones are ignored.
     """
-    from ml.artifacts import load_net, read_model_json
+    from ml.artifacts import head_outputs, load_net, read_model_json
 
     meta = read_model_json(model_dir)
     source = load_net(model_dir, meta)
@@ -187,13 +220,13 @@ def warm_start(model: FinetuneModel, model_dir: Path, classes: list[str]) -> Non
     elif not model.backbone.adopt_finetuned(source.backbone):
         raise ValueError(f"--init-from {model_dir}: its backbone layout differs from this run's "
                          "(use the same --trainable-stages, or more)")
-    old = {c["label"]: i for i, c in enumerate(meta["classes"])}
+    old = {name: i for i, name in enumerate(head_outputs(meta))}
     with torch.no_grad():
-        for row, label in enumerate(classes):
-            if label in old:
-                model.head.fc.weight[row] = source.head.fc.weight[old[label]]
-                model.head.fc.bias[row] = source.head.fc.bias[old[label]]
-    log.info("warm start from %s: %d of %d classes known", model_dir, sum(c in old for c in classes), len(classes))
+        for row, name in enumerate(outputs):
+            if name in old:
+                model.head.fc.weight[row] = source.head.fc.weight[old[name]]
+                model.head.fc.bias[row] = source.head.fc.bias[old[name]]
+    log.info("warm start from %s: %d of %d outputs known", model_dir, sum(c in old for c in outputs), len(outputs))
 
 
 def _is_scratch(name: str) -> bool:
@@ -261,25 +294,28 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     _set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     frame, classes, snapshot = prepare_data(cfg)
+    negatives = prepare_negatives(cfg, frame)
+    outputs = output_names(classes, negatives)
     probe = create_backbone(cfg.backbone, pretrained=False)
     if state is None:
         cfg = cfg.resolved(probe)
     prep = probe.preprocessing.with_size(cfg.image_size)
-    class_to_idx = {c: i for i, c in enumerate(classes)}
+    output_index = {c: i for i, c in enumerate(outputs)}
     device = pick_device(cfg.device)
 
     # channels_last: depthwise convolutions run about 3x faster on CPU in this layout
-    model = build_finetune_model(cfg, classes).to(device, memory_format=torch.channels_last)
+    model = build_finetune_model(cfg, outputs).to(device, memory_format=torch.channels_last)
     teacher = Teacher(Path(cfg.teacher), classes, prep).to(device) if cfg.teacher else None
-    train_frame = frame[frame["split"] == "train"]
     train_prep = prep.with_size(teacher.size) if teacher else prep  # the teacher sees each view at its own size
-    train_ds = ImageFrameDataset(train_frame, class_to_idx, augmentation(cfg.augment, train_prep))
-    val_ds = ImageFrameDataset(frame[frame["split"] == "val"], class_to_idx, eval_transform(prep))
+    train_ds = ImageFrameDataset(with_negatives(frame, negatives, "train"), output_index,
+                                 augmentation(cfg.augment, train_prep))
+    val_ds = ImageFrameDataset(with_negatives(frame, negatives, "val"), output_index, eval_transform(prep))
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, len(train_ds))  # drop_last: a batch of one breaks BatchNorm
     train_loader = DataLoader(train_ds, batch_size=batch, shuffle=True, generator=gen, drop_last=True)
     val_loader = DataLoader(val_ds, batch_size=64)
-    weights = torch.tensor(class_weights(np.array(train_ds.targets), len(classes)), device=device)
+    # every output weighs as much as one class, the open-set ones too (``ml.head_training.fit_linear`` says why)
+    weights = torch.tensor(class_weights(np.array(train_ds.targets), len(outputs)), device=device)
     step_loss = StepLoss(nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing), cfg.image_size,
                          cfg.distill_imagenet, teacher, cfg.teacher_weight)
     eval_criterion = nn.CrossEntropyLoss()
@@ -306,8 +342,8 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
         history, best_acc, stale = state["history"], state["best_acc"], state["stale"]
         start_epoch = state["epoch"] + 1
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log.info("finetune %s: %d train / %d val images, %d classes, %d trainable params, %d px, %d epochs",
-             cfg.backbone, len(train_ds), len(val_ds), len(classes), sum(p.numel() for p in params),
+    log.info("finetune %s: %d train / %d val images, %d outputs, %d trainable params, %d px, %d epochs",
+             cfg.backbone, len(train_ds), len(val_ds), len(outputs), sum(p.numel() for p in params),
              cfg.image_size, cfg.epochs)
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
@@ -338,7 +374,8 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     model.load_state_dict(best["model"])
     from ml.finalize import finalize_model  # imported late on purpose: a long run picks up fixes
 
-    return finalize_model(cfg, model.backbone.cpu(), model.head.cpu(), classes, frame, prep, history, snapshot)
+    return finalize_model(cfg, model.backbone.cpu(), model.head.cpu(), classes, frame, prep, history, snapshot,
+                          negatives)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -363,10 +400,12 @@ def run_head(cfg: TrainConfig) -> Path:
         return run_finetune(cfg)
     cfg = cfg.resolved(backbone)
     prep = backbone.preprocessing.with_size(cfg.image_size)
-    head, history = fit_head_from_embeddings(cfg, backbone, prep, frame, classes)
+    negatives = prepare_negatives(cfg, frame)
+    fitted = negatives.part("train", "val") if negatives is not None else None
+    head, history = fit_head_from_embeddings(cfg, backbone, prep, frame, output_names(classes, negatives), fitted)
     from ml.finalize import finalize_model
 
-    return finalize_model(cfg, backbone, head, classes, frame, prep, history, snapshot)
+    return finalize_model(cfg, backbone, head, classes, frame, prep, history, snapshot, negatives)
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, epochs: int | None = None) -> Path:

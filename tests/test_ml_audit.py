@@ -48,7 +48,7 @@ def test_calibration_meets_precision_target_on_val() -> None:
     kept = probs.max(1) >= th["unsure"]
     assert (probs.argmax(1)[kept] == y[kept]).mean() >= 0.9
     assert 0.01 <= th["footwear"] <= 0.3
-    v = verdicts(probs, footwear, th)
+    v, _ = verdicts(probs, footwear, th)
     assert set(v) <= {"sneaker", "unsure", "not_sneaker"}
     metrics = compute_metrics(probs, y, ["a", "b", "c", "d"], footwear=footwear, thresholds=th)
     assert abs(sum(metrics["verdicts"].values()) - 1) < 1e-9
@@ -66,18 +66,18 @@ def test_familiar_photos_under_the_footwear_threshold_are_unsure_not_rejected() 
     th = {"footwear": 0.01, "unsure": 0.5, "familiar": 0.7}
     footwear = np.array([0.5, 0.001, 0.001, 0.5])
     familiar = np.array([0.2, 0.69, 0.71, 0.9])
-    assert list(verdicts(probs, footwear, th, familiar)) == ["sneaker", "not_sneaker", "unsure", "sneaker"]
-    assert list(verdicts(probs, footwear, th)) == ["sneaker", "not_sneaker", "not_sneaker", "sneaker"]
-    assert list(verdicts(probs, footwear, {**th, "familiar": None}, familiar))[2] == "not_sneaker"
+    assert list(verdicts(probs, footwear, th, familiar)[0]) == ["sneaker", "not_sneaker", "unsure", "sneaker"]
+    assert list(verdicts(probs, footwear, th)[0]) == ["sneaker", "not_sneaker", "not_sneaker", "sneaker"]
+    assert list(verdicts(probs, footwear, {**th, "familiar": None}, familiar)[0])[2] == "not_sneaker"
     # a photo at least KNOWN_FLOOR (and ``familiar``) close to a centroid is judged on confidence alone:
     # its footwear score may be missing (NaN: not computed) or low
     known = np.array([0.2, 0.74, 0.76, 0.76])
-    assert list(verdicts(probs, np.array([0.5, np.nan, np.nan, 0.001]), th, known)) == \
+    assert list(verdicts(probs, np.array([0.5, np.nan, np.nan, 0.001]), th, known)[0]) == \
         ["sneaker", "sneaker", "sneaker", "sneaker"]
     assert list(known_sneaker(known, th, 4)) == [False, False, True, True]
     assert list(known_sneaker(known, {**th, "familiar": 0.8}, 4)) == [False] * 4  # the model's own level if higher
     assert list(known_sneaker(None, th, 2)) == [False, False]
-    assert list(verdicts(probs, np.full(4, 0.001), th, known)) == ["not_sneaker", "unsure", "sneaker", "sneaker"]
+    assert list(verdicts(probs, np.full(4, 0.001), th, known)[0]) == ["not_sneaker", "unsure", "sneaker", "sneaker"]
     # a model scored by centroids (no ImageNet head) gets no separate familiarity rule
     assert calibrate_thresholds(probs, np.zeros(4, int), np.full(4, 0.5), method="centroid",
                                 familiarity=np.ones(4))["familiar"] is None

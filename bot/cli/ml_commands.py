@@ -1,4 +1,4 @@
-"""``sneakerbot train | predict | eval``: parse, read settings, call ``ml``; no logic here."""
+"""``sneakerbot train | predict | eval | audit | carry | openset``: parse, read settings, call ``ml``; no logic here."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from bot.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add train, predict and eval."""
+    """Add train, predict, eval, audit, carry and openset."""
     _register_train(sub)
     _register_predict(sub)
     _register_eval(sub)
     _register_audit(sub)
     _register_carry(sub)
+    _register_openset(sub)
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +51,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-groups", default=None,
                    help="comma-separated negative groups (sub-folders) kept out of training, val and "
                         "thresholds, to measure sneakers nobody trained on (default: vans,reebok)")
+    p.add_argument("--open-quantile", type=float, default=0.02,
+                   help="with --negatives: the share of val sneakers the open-set threshold may take for unknown")
     p.add_argument("--distill-imagenet", type=float, default=0.0, metavar="WEIGHT",
                    help="finetune: also keep the frozen ImageNet head's answer (a regulariser; e.g. 1.0)")
     p.add_argument("--teacher", type=Path, default=None, metavar="MODEL_DIR",
@@ -82,6 +85,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         init_from=str(args.init_from) if args.init_from else None, augment=args.augment,
         negatives=str(args.negatives) if args.negatives else None,
         holdout_groups=args.holdout_groups.split(",") if args.holdout_groups else None,
+        open_quantile=args.open_quantile,
         distill_imagenet=args.distill_imagenet, teacher=str(args.teacher) if args.teacher else None,
         teacher_weight=args.teacher_weight,
         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
@@ -119,15 +123,18 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--split", default=None, help="only this split of the model's own seeded split (e.g. test)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--negatives", type=Path, default=None, metavar="DIR",
+                   help="also the verdict rates per group of a negatives folder (DIR/sneakers/<group>/..., "
+                        "DIR/not_sneakers/<group>/...), the held-out groups apart")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    """Top-1, top-3, per-class precision/recall and verdict rates."""
+    """Top-1, top-3, per-class precision/recall and verdict rates (and the negatives', per group)."""
     from ml.evaluate import evaluate_dir, format_report
 
     predictor = _load_predictor(args.model, args.backend, settings)
-    report = evaluate_dir(predictor, args.data_dir, split=args.split)
+    report = evaluate_dir(predictor, args.data_dir, split=args.split, negatives=args.negatives)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
@@ -151,7 +158,8 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
             continue
         guesses = ", ".join(f"{g['display_name']} {g['score']:.0%}" for g in row["top"])
         footwear = "known" if row["footwear_score"] is None else f"{row['footwear_score']:.2f}"
-        print(f"{row['path']}\t{row['verdict']:<11}\tfootwear {footwear}\t{guesses}")
+        verdict = f"{row['verdict']} ({row['detail']})" if row.get("detail") else row["verdict"]
+        print(f"{row['path']}\t{verdict:<15}\tfootwear {footwear}\t{guesses}")
 
 
 def _register_audit(sub: argparse._SubParsersAction) -> None:
@@ -205,4 +213,60 @@ def cmd_carry(args: argparse.Namespace, settings: Settings) -> int:
     rows = carry_dataset(args.model_dir, args.data_dir, settings.cache_path, progress=progress)
     bar.close()
     print(f"{args.model_dir}: carries {rows} feature rows ({args.model_dir / 'carried.npz'})")
+    return 0
+
+
+def _register_openset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("openset", help="give a model the open-set outputs (other sneaker, other shoe) without "
+                                       "a fine-tune",
+                       description="Embed a negatives folder with MODEL_DIR's backbone and retrain its head on the "
+                                   "features it carries plus the negatives': a new model directory OUT whose "
+                                   "answers say when a photo shows none of the models it knows.")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--negatives", type=Path, required=True, metavar="DIR",
+                   help="DIR/sneakers/<group>/... (other sneakers) and DIR/not_sneakers/<group>/... (other footwear)")
+    p.add_argument("--out", type=Path, required=True, help="the new model directory (must not hold files)")
+    p.add_argument("--holdout-groups", default=None,
+                   help="comma-separated negative groups kept out of training, val and thresholds, only "
+                        "measured (default: vans,reebok)")
+    p.add_argument("--open-quantile", type=float, default=0.02,
+                   help="the share of val sneakers the open-set threshold may take for unknown")
+    p.add_argument("--steps", type=int, default=None, help="head training steps (default: settings.retrain_steps)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_openset)
+
+
+def cmd_openset(args: argparse.Namespace, settings: Settings) -> int:
+    """Build the open-set model and print its negatives' verdict rates per group."""
+    from tqdm.auto import tqdm
+
+    from ml.artifacts import read_model_json
+    from ml.evaluate import format_rates
+    from ml.retrain import RetrainSettings, add_open_set
+
+    bar = tqdm(unit="step", disable=args.no_progress)
+    current = [""]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != current[0]:  # embedding photos, then training steps
+            current[0] = stage
+            bar.reset(total)
+            bar.set_description_str(stage)
+        bar.update(done - bar.n)
+
+    settings.ensure_dirs()
+    retrain = RetrainSettings(steps=args.steps or settings.retrain_steps, cache_dir=settings.cache_path,
+                              threads=args.threads)
+    out = add_open_set(args.model_dir, args.negatives, args.out, settings=retrain, progress=progress,
+                       holdout=args.holdout_groups.split(",") if args.holdout_groups else None,
+                       open_quantile=args.open_quantile)
+    bar.close()
+    meta = read_model_json(out)
+    for split, rates in meta["metrics"]["negatives"].items():
+        print("\n".join(format_rates(f"{split}:", rates)))
+    test = meta["metrics"]["test"]
+    print(f"test sneakers ({test['n']}): top-1 {test['top1']:.1%}, verdicts "
+          + ", ".join(f"{k} {v:.1%}" for k, v in test["verdicts"].items()))
+    print(out)
     return 0
