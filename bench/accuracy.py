@@ -8,8 +8,10 @@ trained on, so each set is reported twice: *among all classes* (the model may an
 its classes, what the bot does) and *restricted* (its answer is the most probable class of
 the set, the setting of a model trained on just those classes). Test images are the test
 split of each model's own seeded split, which training never saw, without the photos its
-label audit set aside (``audit.csv`` in the model directory; ``plots/audit.png`` shows them).
-One more row, ``all, as scraped``, keeps those photos with their folder labels.
+label audit set aside (``ml.evaluate.model_split``: ``audit.csv`` in the model directory;
+``plots/audit.png`` shows them). One more row, ``all, as scraped``, keeps those photos with
+their folder labels. A model with open-set outputs (``--negatives``) is ranked over its classes
+only, those outputs left out (``ml.verdicts.known_probs``).
 
 ``--train-heads`` first trains head-mode models (frozen backbone + linear head, cached
 embeddings) for every backbone whose weights are on this machine, into ``var/bench/``.
@@ -23,8 +25,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ml.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "air-jordan"
@@ -35,29 +41,36 @@ CLASS_SETS = {
 }
 
 
-def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bool = False) -> dict:
-    """Figures for one model directory on its own test split (``tta``: average with the mirrored image)."""
-    from ml.data import index_dataset, read_exclusions, split_dataset
-    from ml.evaluate import topk_hits
-    from ml.predictor import Predictor
+def class_probs(predictor: Predictor, paths: list[str], *, tta: bool = False) -> np.ndarray:
+    """The served model's probabilities over its classes, one row per photo (``tta``: averaged with the
+    mirrored photo). A model with open-set outputs has them dropped and the rest renormalised
+    (``ml.verdicts.known_probs``): top-1 and top-3 rank the known classes, as the bot's guesses do."""
+    from ml.verdicts import known_probs
 
-    predictor = Predictor.load(model_dir, backend="onnx", threads=threads,
-                               cache_dir=ROOT / "var" / "cache" / "onnx")
-    cfg = predictor.info.config
-    frame = split_dataset(index_dataset(data_dir, progress=False).frame, seed=int(cfg.get("seed", 0)),
-                          val=float(cfg.get("val_fraction", 0.15)), test=float(cfg.get("test_fraction", 0.15)))
-    labels = predictor.labels
-    test = frame[(frame["split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
-    audit = Path(model_dir) / "audit.csv"
-    flagged = test["sha1"].isin(read_exclusions(audit)).to_numpy() if audit.is_file() else np.zeros(len(test), bool)
-    probs = predictor.predict_arrays(list(test["path"]), batch_size=32)[0]
+    probs = predictor.predict_arrays(paths, batch_size=32)[0]
     if tta:
         from PIL import ImageOps
 
         from ml.images import open_image
 
-        mirrored = [ImageOps.mirror(open_image(Path(p))) for p in test["path"]]
+        mirrored = [ImageOps.mirror(open_image(Path(p))) for p in paths]
         probs = (probs + predictor.predict_arrays(mirrored, batch_size=32)[0]) / 2
+    return known_probs(probs, predictor.n_open)
+
+
+def evaluate_model(model_dir: Path, data_dir: Path, *, threads: int = 2, tta: bool = False) -> dict:
+    """Figures for one model directory on its own test split (``tta``: average with the mirrored image)."""
+    from ml.evaluate import model_split, topk_hits
+    from ml.predictor import Predictor
+
+    predictor = Predictor.load(model_dir, backend="onnx", threads=threads,
+                               cache_dir=ROOT / "var" / "cache" / "onnx")
+    cfg = predictor.info.config
+    labels = predictor.labels
+    frame = model_split(model_dir, data_dir)
+    test = frame[(frame["drawn_split"] == "test") & frame["label"].isin(labels)].reset_index(drop=True)
+    flagged = (test["split"] != "test").to_numpy()  # set aside by the model's label audit
+    probs = class_probs(predictor, list(test["path"]), tta=tta)
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[label] for label in test["label"]])
     out = {"model": str(model_dir), "backbone": predictor.info.backbone,

@@ -49,16 +49,24 @@ WAIT_S = 1800
 
 
 def without_class(model_dir: Path, label: str, out: Path) -> Path:
-    """A copy of ``model_dir`` whose head, centroids and carried features no longer know ``label``."""
+    """A copy of ``model_dir`` whose head, centroids and carried features no longer know ``label``.
+
+    The head keeps its open-set outputs (``ml.verdicts.OPEN_SET_OUTPUTS``, the rows after the
+    classes in a model trained with ``--negatives``) and the carried negatives, which are no class.
+    A shipped ``model.onnx`` holds the old head: it is dropped, the graph is built on first load.
+    """
     from ml import artifacts
     from ml.carried import Carried
 
     shutil.copytree(model_dir, out)
     meta = artifacts.read_model_json(out)
     keep = [i for i, c in enumerate(meta["classes"]) if c["label"] != label]
+    rows = [i for i, name in enumerate(artifacts.head_outputs(meta)) if name != label]  # classes, then open rows
     state = torch.load(out / "head.pt", map_location="cpu", weights_only=False)
-    state["head"] = {name: value[keep] for name, value in state["head"].items()}
-    state["n_classes"] = len(keep)
+    state["head"] = {name: value[rows] for name, value in state["head"].items()}
+    state["n_classes"] = len(rows)
+    if state.get("footwear_method") == "centroid":  # a footwear score from the class centroids
+        state["footwear"] = {**state["footwear"], "centroids": state["footwear"]["centroids"][keep]}
     torch.save(state, out / "head.pt")
     np.save(out / "centroids.npy", np.load(out / "centroids.npy")[keep])
     carried = Carried.load(out, meta)
@@ -66,6 +74,9 @@ def without_class(model_dir: Path, label: str, out: Path) -> Path:
     mask = (carried.frame["label"] != label).to_numpy()
     Carried(carried.frame[mask].reset_index(drop=True), carried.feats[mask]).save(out)
     meta["classes"] = [meta["classes"][i] for i in keep]
+    if meta.get("files", {}).get("onnx"):
+        (out / meta["files"]["onnx"]).unlink(missing_ok=True)
+        meta["files"]["onnx"] = None
     artifacts.write_model_json(out, meta)
     return out
 

@@ -12,7 +12,7 @@ served rule), per group of photos, next to its target:
   folder's ``not_sneakers/`` (and any held-out footwear group): at least 90 % not answered ``sneaker``;
 - other sneakers, the test part of the negatives' non-held-out groups (no target: these brands
   may be trained on as negatives, so they show what training on them gives);
-- the known models' test split (``bench.robustness.model_split``: the model's seeded split, without
+- the known models' test split (``ml.evaluate.model_split``: the model's seeded split, without
   the photos its label audit set aside): top-1 at least 85 %, top-3 at least 92 %, and at most 3 %
   of these real sneakers answered ``not_sneaker`` or ``unknown_sneaker``;
 - the sample photos scikit-image, scikit-learn and matplotlib ship (``bench.gate``: a cat, a cup,
@@ -44,9 +44,9 @@ from bench.robustness import (
     ROOT,
     known_test,
     load_predictor,
-    model_split,
     save_results,
 )
+from ml.evaluate import model_split
 from ml.predictor import Prediction, Predictor
 from ml.verdicts import Verdict
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     print(machine, flush=True)
     predictor = load_predictor(args.model, args.threads)
-    frame = model_split(predictor, args.data)
+    frame = model_split(args.model, args.data)
     holdout = predictor.info.config.get("holdout_groups")
     negatives = index_negatives(args.negatives, holdout).without(set(frame["sha1"]))  # a class's photo is no negative
     test = known_test(frame, predictor)

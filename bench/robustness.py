@@ -3,14 +3,14 @@
     python -m bench.robustness [--model DIR] [--data ../shared/datasets/air-jordan] [--seed 0] [--limit N]
 
 The test photos are the test split of the model's own seeded split, without the photos its
-label audit set aside (as ``sneakerbot eval --split test`` and ``bench.accuracy``). Each is
-run through the served model (``Predictor.predict``, ONNX Runtime) clean, then under each
-degradation of ``ml.degrade`` (small in the frame, at an angle, blurred, dim, a colour cast,
-a thumbnail, recompressed) and their random mix ``phone``, each photo with its own strength
-drawn from ``--seed``, the photo's sha1 and the degradation's name (the same figures on every
-run). Prints, per condition, top-1 and top-3, their drop in points from clean against the
-target (at most 5 points of top-1 lost), and the share of photos answered ``sneaker`` and
-``not_sneaker``; saves the figures as JSON under ``bench/results/``.
+label audit set aside (``ml.evaluate.model_split``, as ``sneakerbot eval --split test`` and
+``bench.accuracy``). Each is run through the served model (``Predictor.predict``, ONNX Runtime)
+clean, then under each degradation of ``ml.degrade`` (small in the frame, at an angle, blurred,
+dim, a colour cast, a thumbnail, recompressed) and their random mix ``phone``, each photo with
+its own strength drawn from ``--seed``, the photo's sha1 and the degradation's name (the same
+figures on every run). Prints, per condition, top-1 and top-3, their drop in points from clean
+against the target (at most 5 points of top-1 lost), and the share of photos answered ``sneaker``
+and ``not_sneaker``; saves the figures as JSON under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pandas as pd
 
 from bench.machine import machine_line
 from ml.degrade import DEGRADATIONS, Degradation, phone, rng_for
+from ml.evaluate import model_split
 from ml.images import open_image
 from ml.predictor import Predictor
 
@@ -43,22 +44,9 @@ def load_predictor(model_dir: Path, threads: int) -> Predictor:
     return Predictor.load(model_dir, backend="onnx", threads=threads, cache_dir=ONNX_CACHE)
 
 
-def model_split(predictor: Predictor, data_dir: Path) -> pd.DataFrame:
-    """Every photo of ``data_dir`` with the ``split`` the model had: its seeded split (seed and fractions
-    from its config), the photos its label audit (``audit.csv``) set aside moved to "audit", as in training."""
-    from ml.data import apply_exclusions, index_dataset, split_dataset  # imports torch: only when needed
-
-    cfg = predictor.info.config
-    frame = split_dataset(index_dataset(data_dir, progress=False).frame, seed=int(cfg.get("seed", 0)),
-                          val=float(cfg.get("val_fraction", 0.15)), test=float(cfg.get("test_fraction", 0.15)))
-    audit = Path(predictor.info.model_dir) / "audit.csv"
-    if audit.is_file():
-        frame, _ = apply_exclusions(frame, audit)
-    return frame
-
-
 def known_test(frame: pd.DataFrame, predictor: Predictor) -> pd.DataFrame:
-    """The test photos of the classes the model knows, in sha1 order (so ``head(n)`` mixes the classes)."""
+    """The test photos of ``frame`` (``ml.evaluate.model_split``'s) of the classes the model knows, in sha1
+    order (so ``head(n)`` mixes the classes)."""
     test = frame[(frame["split"] == "test") & frame["label"].isin(predictor.labels)]
     return test.sort_values("sha1").reset_index(drop=True)
 
@@ -134,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     print(machine, flush=True)
     predictor = load_predictor(args.model, args.threads)
-    frame = known_test(model_split(predictor, args.data), predictor)
+    frame = known_test(model_split(args.model, args.data), predictor)
     if args.limit is not None:
         frame = frame.head(args.limit)  # sorted by sha1: a sample across the classes
     print(f"model {args.model} ({predictor.info.backbone}@{predictor.info.preprocessing.size}); "

@@ -37,7 +37,7 @@ class TrainConfig:
     exclude_file: str | None = None  # csv/txt of sha1s to leave out of every split (label audit)
     init_from: str | None = None  # finetune: start from this model directory's weights (warm start)
     classes: list[str] | None = None  # train on these class folders only (None: all of them)
-    augment: str = "standard"  # finetune train views: "standard" (the original project's) or "strong"
+    augment: str = "phone"  # finetune train views: "phone" (strong + phone-photo degradations), "strong", "standard"
     distill_imagenet: float = 0.0  # finetune: weight of keeping the frozen ImageNet head's answer (a regulariser)
     teacher: str | None = None  # finetune: a model directory whose answers this run learns too (distillation)
     teacher_weight: float = 1.0  # finetune: weight of the teacher's answer against the folder labels

@@ -1,7 +1,9 @@
 """Metrics from model outputs: top-k accuracy, per-class precision/recall, verdict rates, subsets.
 
 ``compute_metrics`` works on arrays (used at training time on val and test);
-``evaluate_dir`` runs a ``Predictor`` over a dataset folder (``sneakerbot eval``).
+``evaluate_dir`` runs a ``Predictor`` over a dataset folder (``sneakerbot eval``);
+``model_split`` gives a dataset folder the split a model's training gave it, its label audit
+applied (what ``evaluate_dir`` and the benches measure a model on).
 ``negative_rates`` gives the verdict rates per group of negatives (``ml.negatives``): photos of
 none of the classes, which a model with open-set outputs should not name as one of them.
 
@@ -13,12 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
+from ml.model_json import AUDIT_FILE, read_model_json
 from ml.verdicts import VERDICTS, Detail, known_probs, verdicts
+
+if TYPE_CHECKING:
+    from ml.data import DatasetIndex
 
 # Class subsets reported separately when all their labels are present (the original project's five).
 SUBSETS: dict[str, list[str]] = {
@@ -129,27 +136,45 @@ def evaluate_negatives(predictor, negatives_dir: Path, *, split: str | None = No
     return report
 
 
+def model_split(model_dir: Path, data: Path | DatasetIndex) -> pd.DataFrame:
+    """Every photo of ``data`` with the split the model's training gave it, as in training.
+
+    ``data``: a dataset folder, or its index (``ml.data.index_dataset``) when the caller has one.
+    ``split`` is the model's seeded split (seed and fractions from its model.json config), with
+    the photos its label audit (``audit.csv``) set aside moved to "audit"; ``drawn_split`` is the
+    split drawn before the audit (so a flagged test photo has ``split`` "audit", ``drawn_split``
+    "test"). Every label of the folder is kept, those the model does not know too.
+    """
+    from ml.data import apply_exclusions, index_dataset, split_dataset  # imports torch: only when needed
+
+    cfg = read_model_json(model_dir).get("config", {})
+    index = index_dataset(data, progress=False) if isinstance(data, str | Path) else data
+    frame = split_dataset(index.frame, seed=int(cfg.get("seed", 0)), val=float(cfg.get("val_fraction", 0.15)),
+                          test=float(cfg.get("test_fraction", 0.15)))
+    frame["drawn_split"] = frame["split"]
+    audit = Path(model_dir) / AUDIT_FILE
+    if audit.is_file():
+        frame, _ = apply_exclusions(frame, audit)
+    return frame
+
+
 def evaluate_dir(predictor, data_dir: Path, *, split: str | None = None, batch_size: int = 32,
                  negatives: Path | None = None) -> dict:
     """Run the predictor over ``data_dir/<label>/*`` (optionally one split of the model's seed).
 
     With ``split``, the photos the model's label audit set aside (its ``audit.csv``) are left
-    out as in training, so the figures match the model's own metrics. With ``negatives`` (a
-    folder of ``ml.negatives``), the report also has their verdict rates (``evaluate_negatives``).
+    out as in training (``model_split``), so the figures match the model's own metrics. With
+    ``negatives`` (a folder of ``ml.negatives``), the report also has their verdict rates
+    (``evaluate_negatives``).
     """
-    from ml.data import apply_exclusions, index_dataset, split_dataset
+    from ml.data import AUDIT_SPLIT, index_dataset
 
     index = index_dataset(data_dir)
     frame = index.frame
     set_aside = 0
     if split:
-        seed = int(predictor.info.config.get("seed", 0))
-        frame = split_dataset(frame, seed=seed, val=predictor.info.config.get("val_fraction", 0.15),
-                              test=predictor.info.config.get("test_fraction", 0.15))
-        audit = Path(predictor.info.model_dir) / "audit.csv"
-        if audit.is_file():
-            frame, taken = apply_exclusions(frame, audit)
-            set_aside = taken.get(split, 0)
+        frame = model_split(predictor.info.model_dir, index)
+        set_aside = int(((frame["split"] == AUDIT_SPLIT) & (frame["drawn_split"] == split)).sum())
         frame = frame[frame["split"] == split]
     known = {c.label for c in predictor.classes}
     unknown = frame[~frame["label"].isin(known)]

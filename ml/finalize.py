@@ -404,8 +404,8 @@ def train_command(cfg: dict) -> str:
              "--lr", f"{cfg['lr']:g}"]
     if cfg.get("classes"):
         parts += ["--classes", ",".join(cfg["classes"])]
-    if cfg.get("augment", "standard") != "standard":
-        parts += ["--augment", cfg["augment"]]
+    if cfg["mode"] == "finetune":  # always named: the default changed once ("standard" before "phone")
+        parts += ["--augment", cfg.get("augment", "standard")]
     if cfg.get("init_from"):
         parts += ["--init-from", cfg["init_from"]]
     if cfg.get("distill_imagenet") and cfg["mode"] == "finetune":

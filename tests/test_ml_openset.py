@@ -459,3 +459,86 @@ def test_openset_gives_a_model_the_open_outputs_without_a_finetune(
     assert np.allclose(onnx.predict_arrays(photos)[0], eager.predict_arrays(photos)[0], atol=1e-4)
     assert [(p.verdict, p.detail) for p in onnx.predict(photos)] == \
         [(p.verdict, p.detail) for p in eager.predict(photos)]
+
+
+# --------------------------------------------------------------------------- the benches on an open-set model
+
+
+def test_bench_accuracy_ranks_the_known_classes_only(open_model: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from bench import accuracy
+    from ml.evaluate import model_split
+
+    monkeypatch.setattr(accuracy, "ROOT", tmp_path)  # its ONNX cache under tmp_path, not the repository's var/
+    data = open_model.parent / "data"
+    frame = model_split(open_model, data)
+    test = frame[frame["split"] == "test"]
+    assert set(frame["drawn_split"]) == {"train", "val", "test"} and len(test) == 6  # 16 photos a class: 2 test
+    predictor = Predictor.load(open_model, backend="onnx", cache_dir=tmp_path / "onnx", threads=1)
+    raw = predictor.predict_arrays(list(test["path"]))[0]
+
+    probs = accuracy.class_probs(predictor, list(test["path"]))
+    mirrored = accuracy.class_probs(predictor, list(test["path"]), tta=True)
+
+    assert raw.shape == (6, 5) and probs.shape == mirrored.shape == (6, 3)
+    assert np.allclose(probs, known_probs(raw, 2)) and np.allclose(mirrored.sum(1), 1, atol=1e-5)
+    # an open output above every class is never the answer: top-1 and top-3 rank the classes
+    loud = np.array([[0.10, 0.25, 0.05, 0.40, 0.20], [0.02, 0.01, 0.07, 0.20, 0.70]], dtype=np.float32)
+    fake = SimpleNamespace(n_open=2, predict_arrays=lambda images, batch_size: (loud, None, None))
+    assert list(accuracy.class_probs(fake, ["a", "b"]).argmax(1)) == [1, 2]  # type: ignore[arg-type]
+
+    result = accuracy.evaluate_model(open_model, data, threads=1)
+
+    figures = result["sets"]["all"]
+    metrics = artifacts.read_model_json(open_model)["metrics"]["test"]
+    assert figures["classes"] == 3 and figures["images"] == metrics["n"] == 6
+    assert figures["top3_among_all"] == figures["top3_restricted"] == 1.0  # 3 classes: any top-3 holds the truth
+    assert figures["top1_among_all"] == pytest.approx(metrics["top1"], abs=1.01 / 6)
+    assert result["audit_flagged_test_images"] == 0 and list(result["sets"]) == list(accuracy.CLASS_SETS)
+
+    # a test photo the label audit set aside: out of every split, back in the "as scraped" row
+    audited = tmp_path / "audited"
+    shutil.copytree(open_model, audited)
+    flagged = test["sha1"].iloc[0]
+    pd.DataFrame({"sha1": [flagged]}).to_csv(audited / "audit.csv", index=False)
+    split = model_split(audited, data).set_index("sha1")
+    assert (split.loc[flagged, "split"], split.loc[flagged, "drawn_split"]) == ("audit", "test")
+    assert (split["split"] == "test").sum() == 5
+    result = accuracy.evaluate_model(audited, data, threads=1)
+    assert result["audit_flagged_test_images"] == 1
+    assert result["sets"]["all"]["images"] == 5 and result["sets"]["all, as scraped"]["images"] == 6
+
+
+def test_bench_addclass_without_class_keeps_the_open_outputs(open_model: Path, negatives_dir: Path,
+                                                              tmp_path: Path) -> None:
+    from bench.addclass import without_class
+
+    base_meta = artifacts.read_model_json(open_model)
+    out = without_class(open_model, "air_jordan_3", tmp_path / "without")
+
+    meta = artifacts.read_model_json(out)
+    assert artifacts.head_outputs(meta) == ["air_jordan_1", "air_jordan_4", *OPEN_SET_OUTPUTS]
+    assert meta["open_set"] == base_meta["open_set"] and not meta["files"].get("onnx")
+    base_head, head = torch.load(open_model / "head.pt", weights_only=False), torch.load(out / "head.pt",
+                                                                                          weights_only=False)
+    assert head["n_classes"] == 4
+    for name, value in head["head"].items():  # rows 0, 2 and the two open rows of the base head
+        assert torch.equal(value, base_head["head"][name][[0, 2, 3, 4]])
+    assert np.array_equal(np.load(out / "centroids.npy"), np.load(open_model / "centroids.npy")[[0, 2]])
+    carried, base_carried = Carried.load(out, meta), Carried.load(open_model, base_meta)
+    assert carried is not None and base_carried is not None
+    assert carried.labels() == ["air_jordan_1", "air_jordan_4"]
+    assert carried.frame[carried.negative_rows()]["sha1"].tolist() == \
+        base_carried.frame[base_carried.negative_rows()]["sha1"].tolist()
+
+    # served, the two models' outputs differ only by the class taken out: the same logits, one fewer row
+    photos = [negatives_dir / "sneakers" / "vans" / "0.jpg", negatives_dir / "not_sneakers" / "boots" / "0.jpg",
+              photo(COLOURS["air_jordan_4"], 4)]
+    before = Predictor.load(open_model, backend="torch", threads=1).predict_arrays(photos)[0]
+    smaller = Predictor.load(out, backend="onnx", cache_dir=tmp_path / "onnx", threads=1)
+    after = smaller.predict_arrays(photos)[0]
+    kept = before[:, [0, 2, 3, 4]]
+    assert smaller.n_open == 2 and after.shape == (3, 4)
+    assert np.allclose(after, kept / kept.sum(1, keepdims=True), atol=1e-4)

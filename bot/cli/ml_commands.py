@@ -42,9 +42,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip-view", action="store_true", help="head: do not embed mirrored train images")
     p.add_argument("--exclude", type=Path, default=None,
                    help="sha1 list (label audit) to leave out of train, val and test")
-    p.add_argument("--augment", choices=["standard", "strong", "phone"], default="standard",
-                   help="finetune: train views (strong: random-resized crops and random erasing; "
-                        "phone: also the degradations of photos people take, ml.degrade)")
+    p.add_argument("--augment", choices=["phone", "strong", "standard"], default="phone",
+                   help="finetune: train views (phone, the default: strong plus the degradations of photos "
+                        "people take, ml.degrade; strong: random-resized crops and random erasing; standard: "
+                        "the 2019 project's)")
     p.add_argument("--negatives", type=Path, default=None, metavar="DIR",
                    help="a folder of photos that are none of the classes: DIR/sneakers/... (other sneakers) "
                         "and DIR/not_sneakers/... (other footwear); the model learns to say so")
