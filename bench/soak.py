@@ -92,6 +92,19 @@ def flatness(samples: list[Sample], warm_up: float, tolerance: float) -> Flatnes
     return Flatness(ys[0], min(ys), max(ys), ys[-1], slope, tolerance)
 
 
+def flat_from(samples: list[Sample], tolerance: float) -> float | None:
+    """The earliest time (s) after which every sample stays within ``tolerance`` of that time's sample.
+
+    Why: how long the warm-up really lasts is a finding, not a setting; a process that keeps
+    growing has no such time before its last samples (None when only the last minute would do).
+    """
+    for start, first in enumerate(samples):
+        base = first.rss_kb
+        if all(abs(s.rss_kb - base) <= base * tolerance for s in samples[start:]):
+            return first.at if samples[-1].at - first.at >= 60 else None
+    return None
+
+
 def minute_rows(samples: list[Sample], outcome: Outcome, minutes: int) -> list[dict[str, float]]:
     """One row per minute: RSS at its end and its highest, answers, latencies, bot CPU, load."""
     rows = []
@@ -245,6 +258,9 @@ async def run_soak(args: argparse.Namespace) -> int:
               f"{flat.low_mb:.0f}-{flat.high_mb:.0f} MB ({(flat.high_mb / flat.baseline_mb - 1):+.1%} at most), "
               f"{flat.end_mb:.0f} MB at the end; slope {flat.slope_mb_per_min:+.2f} MB/min; peak (VmHWM) "
               f"{memory.get('VmHWM', 0) / 1024:.0f} MB: {verdict} within ±{flat.tolerance:.0%}")
+        settled = flat_from(samples, args.tolerance / 2)
+        print(f"RSS within ±{args.tolerance / 2:.0%} of itself from " +
+              (f"{settled / 60:.1f} min to the end" if settled is not None else "no time before the last minute"))
         total = error_total(outcome, bot)
         print(f"errors: {total}")
         for line in error_lines(outcome, bot):
