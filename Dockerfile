@@ -4,9 +4,9 @@
 # `sneakerbot backup` / `restore` run its pg_dump / pg_restore.
 FROM python:3.11-slim-bookworm
 
-# MALLOC_ARENA_MAX: glibc gives each thread (inference, to_thread, the DB) its own arena; two keep
-# the bot's resident memory from creeping up by one arena at a time under load (docs/bot.md, soak).
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MALLOC_ARENA_MAX=2
+# The bot sets glibc's arenas and mmap threshold itself (bot/native_memory.py); MALLOC_ARENA_MAX or
+# MALLOC_MMAP_THRESHOLD_ set here would override it.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends chromium chromium-driver postgresql-client \
     && rm -rf /var/lib/apt/lists/*
