@@ -33,7 +33,7 @@ from ml.config import TrainConfig
 from ml.data import ImageFrameDataset
 from ml.evaluate import compute_metrics, negative_rates
 from ml.model import IMAGENET_FOOTWEAR, Classifier, SneakerNet, make_footwear
-from ml.negatives import HELDOUT, Negatives
+from ml.negatives import HELDOUT, Negatives, open_set_lines
 from ml.plots import plot_confusion, plot_curves, plot_examples
 from ml.transforms import eval_transform
 from ml.verdicts import OPEN_SET_OUTPUTS, known_level, known_probs
@@ -366,22 +366,6 @@ def write_readme(out: Path, meta: dict) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def open_set_lines(meta: dict) -> list[str]:
-    """The README's open-set paragraph: the negatives' verdict rates on test and in the held-out groups."""
-    rates = meta["metrics"].get("negatives")
-    if not rates:
-        return []
-    block = meta["open_set"]
-    held = ", ".join(block["negatives"]["holdout_groups"]) or "none"
-    lines = [f"Open set ({block['method']}: outputs {', '.join(block['outputs'])}; negatives from "
-             f"`{block['negatives']['folder']}`, held out: {held}). Verdicts of the negatives:", ""]
-    for split in ("test", HELDOUT):
-        for kind, entry in rates.get(split, {}).get("kinds", {}).items():
-            lines.append(f"- {split} {kind} ({entry['n']}): "
-                         + ", ".join(f"{k} {v:.1%}" for k, v in entry["verdicts"].items()))
-    return [*lines, ""]
 
 
 def _audit_line(data: dict) -> str:

@@ -117,3 +117,19 @@ def _kind_files(folder: Path) -> list[tuple[Path, str]]:
     loose = [(path, folder.name) for path in visible_files(folder)]
     groups = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     return loose + [(path, group.name) for group in groups for path in visible_files(group)]
+
+
+def open_set_lines(meta: dict) -> list[str]:
+    """The README's open-set paragraph: the negatives' verdict rates on test and in the held-out groups."""
+    rates = meta["metrics"].get("negatives")
+    if not rates:
+        return []
+    block = meta["open_set"]
+    held = ", ".join(block["negatives"]["holdout_groups"]) or "none"
+    lines = [f"Open set ({block['method']}: outputs {', '.join(block['outputs'])}; negatives from "
+             f"`{block['negatives']['folder']}`, held out: {held}). Verdicts of the negatives:", ""]
+    for split in ("test", HELDOUT):
+        for kind, entry in rates.get(split, {}).get("kinds", {}).items():
+            lines.append(f"- {split} {kind} ({entry['n']}): "
+                         + ", ".join(f"{k} {v:.1%}" for k, v in entry["verdicts"].items()))
+    return [*lines, ""]

@@ -47,14 +47,13 @@ import torch
 from ml import artifacts
 from ml.calibrate import calibrate_thresholds
 from ml.carried import CARRIED_VIEWS, Carried
-from ml.data import AUDIT_SPLIT, apply_exclusions, index_dataset, split_dataset
+from ml.data import AUDIT_SPLIT, index_dataset
 from ml.errors import MLError
-from ml.evaluate import compute_metrics, negative_rates
+from ml.evaluate import compute_metrics, model_split, negative_rates
 from ml.features import FeatureExtractor
-from ml.finalize import open_set_lines
 from ml.head_training import fit_linear, predict_proba
 from ml.model import Classifier
-from ml.negatives import HELDOUT, KINDS, index_negatives
+from ml.negatives import HELDOUT, KINDS, index_negatives, open_set_lines
 from ml.plots import plot_confusion, plot_curves, plot_examples
 from ml.verdicts import OPEN_SET_OUTPUTS, known_probs
 
@@ -95,15 +94,9 @@ def dataset_frame(model_dir: Path, data_dir: Path, *, progress: bool = False) ->
     (``ml.data.split_dataset``); the label audit the model carries (``audit.csv``) sets the
     same photos aside.
     """
-    meta = artifacts.read_model_json(model_dir)
-    cfg = meta.get("config", {})
-    labels = {c["label"] for c in meta["classes"]}
-    frame = index_dataset(data_dir, progress=progress).frame
-    frame = frame[frame["label"].isin(labels)]
-    frame = split_dataset(frame, seed=int(cfg.get("seed", 0)), val=float(cfg.get("val_fraction", 0.15)),
-                          test=float(cfg.get("test_fraction", 0.15)))
-    if (Path(model_dir) / artifacts.AUDIT_FILE).is_file():
-        frame, _ = apply_exclusions(frame, Path(model_dir) / artifacts.AUDIT_FILE)
+    labels = {c["label"] for c in artifacts.read_model_json(model_dir)["classes"]}
+    frame = model_split(model_dir, index_dataset(data_dir, progress=progress))  # stratified: per label
+    frame = frame[frame["label"].isin(labels)].drop(columns="drawn_split")
     return frame[frame["split"] != AUDIT_SPLIT].reset_index(drop=True)
 
 

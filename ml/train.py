@@ -345,7 +345,10 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
     log.info("finetune %s: %d train / %d val images, %d outputs, %d trainable params, %d px, %d epochs",
              cfg.backbone, len(train_ds), len(val_ds), len(outputs), sum(p.numel() for p in params),
              cfg.image_size, cfg.epochs)
-    for epoch in range(start_epoch, cfg.epochs):
+    # one bar over the whole run: its ETA is the run's (the batch bars under it are the epoch's)
+    epochs = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="fine-tune",
+                  unit="epoch", disable=not cfg.progress)
+    for epoch in epochs:
         if stale >= cfg.patience:
             log.info("early stop: val accuracy did not improve for %d epochs", stale)
             break
@@ -357,9 +360,11 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
                         "seconds": round(time.time() - t0, 1)})
         improved = va["acc"] > best_acc
         best_acc, stale = (va["acc"], 0) if improved else (best_acc, stale + 1)
-        log.info("epoch %d/%d train loss %.3f acc %.3f | val loss %.3f acc %.3f top3 %.3f | %.0fs%s",
+        epochs.set_postfix(val_acc=f"{va['acc']:.3f}", best=f"{best_acc:.3f}")
+        log.info("epoch %d/%d train loss %.3f acc %.3f | val loss %.3f acc %.3f top3 %.3f | %.0fs, ETA %s%s",
                  epoch + 1, cfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], va["top3"],
-                 time.time() - t0, " *" if improved else "")
+                 time.time() - t0, _eta(history[len(history) - (epoch + 1 - start_epoch):], cfg.epochs - epoch - 1),
+                 " *" if improved else "")
         if improved:
             with atomic_path(best_path) as tmp:
                 torch.save({"model": model.state_dict(), "epoch": epoch, "val_acc": va["acc"]}, tmp)
@@ -376,6 +381,14 @@ def run_finetune(cfg: TrainConfig, *, resume: bool = False, epochs: int | None =
 
     return finalize_model(cfg, model.backbone.cpu(), model.head.cpu(), classes, frame, prep, history, snapshot,
                           negatives)
+
+
+def _eta(this_run: list[dict], epochs_left: int) -> str:
+    """The time the remaining epochs should take at this run's mean epoch time, as "12 min"."""
+    if not this_run or epochs_left <= 0:
+        return "0 min"
+    seconds = sum(h["seconds"] for h in this_run) / len(this_run) * epochs_left
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _set_threads(threads: int | None) -> None:
