@@ -499,7 +499,8 @@ def _write_files(base_dir: Path, meta: dict, out: Path, head: Classifier, centro
 def _config(base_cfg: dict, settings: RetrainSettings, classes: list[str], meta: dict, mode: str) -> dict:
     """How the candidate was made (``mode``: head_retrain or openset); the split parameters stay the base dataset's."""
     keep = ("backbone", "image_size", "seed", "val_fraction", "test_fraction", "target_precision",
-            "footwear_quantile", "familiar_quantile", "open_quantile", "dropout")
+            "footwear_quantile", "familiar_quantile", "open_quantile", "dropout",
+            "data_dir", "exclude_file", "trainable_stages")  # provenance: by name, no path (ml.finalize)
     return {**{k: base_cfg[k] for k in keep if k in base_cfg}, "mode": mode, "epochs": settings.steps,
             "lr": settings.lr, "retrain": {"steps": settings.steps, "lr": settings.lr, "warm_start": True,
                                            "parent_created": meta.get("created"), "classes": len(classes)}}

@@ -165,7 +165,8 @@ async def test_addclass_scrapes_retrains_and_the_new_model_names_it(
     with bot.sessions() as session:
         v2 = session.get(ModelVersion, 2)
         assert v2.is_current and v2.metrics["test"]["n"] == 1313
-        assert v2.metrics["test"]["top1"] >= v2.metrics["current_test"]["top1"] - 0.005
+        # what the gate allows a candidate that adds a class (SNEAKERBOT_PROMOTION_NEW_CLASS_TOLERANCE, 1 point)
+        assert v2.metrics["test"]["top1"] >= v2.metrics["current_test"]["top1"] - 0.01
     assert labels_of(bot.settings.models_path / "2") == starter_labels | {LABEL}  # no class forgotten
 
     # A colourway nobody scraped is named, by the name the admin gave.
