@@ -205,10 +205,46 @@ def test_own_presses_do_not_read_the_whole_memory_again(db_sessions: sessionmake
             assert _answer(service, 7, photo) == "air_jordan_3"
     finally:
         event.remove(engine, "before_cursor_execute", listener)
-    full_reads = [s for s in statements if "FROM memory_entries" in s and "ORDER BY" in s]
-    assert full_reads == []
+    assert full_reads(statements) == []
     with db_sessions() as session:
         assert session.scalar(select(func.count(MemoryEntry.id))) == 40
+
+
+def full_reads(statements: list[str]) -> list[str]:
+    """The SELECTs that read every row of the memory (the ones that read only newer rows name an id)."""
+    return [s for s in statements if "FROM memory_entries" in s and "ORDER BY" in s and "memory_entries.id >" not in s]
+
+
+def test_another_process_reads_only_the_rows_it_has_not_seen(db_sessions: sessionmaker[Session]) -> None:
+    """With replicas, every press of one changes what the others must check: reading the whole table
+    each time made a press cost grow with everything learnt (bench.replicas). New rows are read alone;
+    a deletion elsewhere still makes the others read it all."""
+    from sqlalchemy import event
+
+    now = [0.0]
+    writer, reader = make_service(db_sessions), make_service(db_sessions, recheck_s=1.0, clock=lambda: now[0])
+    for seed in range(20):
+        writer.remember(f"{seed:040d}", ADMIN, "air_jordan_4", BACKBONE, _photo(200 + seed), is_admin=True)
+    assert _answer(reader, 5, _photo(200)) == "air_jordan_4"  # its first look reads the table once
+    statements: list[str] = []
+    engine = db_sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for seed in range(20, 30):
+            photo = _photo(200 + seed)
+            writer.remember(f"{seed:040d}", ADMIN, "air_jordan_3", BACKBONE, photo, is_admin=True)
+            now[0] += 1.5
+            assert _answer(reader, 5, photo) == "air_jordan_3"
+        assert full_reads(statements) == []
+        assert sum("memory_entries.id >" in s for s in statements) == 10
+
+        writer.on_withdrawn(ADMIN, f"{25:040d}")  # a deletion: new rows cannot explain the fingerprint
+        now[0] += 1.5
+        assert _answer(reader, 5, _photo(225)) == "air_jordan_1"
+        assert len(full_reads(statements)) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
 
 
 def test_two_processes_agree_on_the_scope_rules(db_sessions: sessionmaker[Session]) -> None:

@@ -181,6 +181,7 @@ class LearningService:
         self.recheck_s, self._clock = recheck_s, clock
         self._lock = threading.RLock()  # guards the in-process memory, changed in place
         self._fingerprint: tuple | None = None  # the table as the in-process memory knows it
+        self._last_id = 0  # the highest row id the in-process memory holds: newer rows are read alone
         self._memory: EmbeddingMemory | None = None
         self._trusted_until = float("-inf")  # no database check needed before this clock time
         self._recent: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()  # sha1 -> (backbone, embedding)
@@ -355,6 +356,7 @@ class LearningService:
             for _row_id, key, user_id, _old, new in change.rescoped:
                 memory.set_owner(key, None if new == GLOBAL else user_id)
             self._fingerprint = change.fingerprint_after(fingerprint)
+            self._last_id = max([self._last_id, *(row[0] for row in change.added)])
 
     def _current_memory(self, backbone: str, dim: int, *, force_check: bool = False) -> EmbeddingMemory | None:
         """The memory for ``backbone``, checked against the database at most every ``recheck_s``.
@@ -369,12 +371,37 @@ class LearningService:
                      and not force_check and self._fingerprint is not None and self._fingerprint[0] == backbone)
             if not fresh:
                 fingerprint = self._read_fingerprint(backbone)
-                if fingerprint != self._fingerprint or self._memory is None or self._memory.dim != dim:
-                    self._memory = self._load(backbone, dim)
+                if fingerprint != self._fingerprint and not self._caught_up(backbone, dim, fingerprint):
+                    self._memory, self._last_id = self._load(backbone, dim)
                     self._fingerprint = fingerprint
                 self._trusted_until = now + self.recheck_s
             assert self._memory is not None
             return self._memory if len(self._memory) else None
+
+    def _caught_up(self, backbone: str, dim: int, fingerprint: tuple) -> bool:
+        """Add the rows other processes inserted since this one last looked; True when that explains
+        ``fingerprint`` (the database's), so no full read is needed.
+
+        Why: with replicas, every press of another replica changes the fingerprint; reading the
+        whole table each time made a press cost grow with everything learnt (``bench.replicas``).
+        A deletion or a change of scope elsewhere, or a row committed out of id order, leaves the
+        fingerprint unexplained: then the caller reads the table in full, as before.
+        """
+        memory, known = self._memory, self._fingerprint
+        if memory is None or known is None or known[0] != backbone or memory.dim != dim:
+            return False
+
+        def read(_attempt: int) -> list:
+            with self.sessions() as session:
+                return MemoryEntryRepository(session).vectors(backbone, after_id=self._last_id)
+
+        rows = self.retry.run("read the memory's new rows", read, read_only=True)
+        change = MemoryChange(added=[(row_id, memory_key(sha1, user_id), user_id, label, vector_of(vector), scope)
+                                     for row_id, sha1, user_id, label, vector, scope in rows])
+        if change.fingerprint_after(known) != fingerprint:
+            return False
+        self._apply(backbone, change)
+        return True
 
     def _read_fingerprint(self, backbone: str) -> tuple:
         def read(_attempt: int) -> tuple:
@@ -383,7 +410,8 @@ class LearningService:
 
         return (backbone, *self.retry.run("read the memory's fingerprint", read, read_only=True))
 
-    def _load(self, backbone: str, dim: int) -> EmbeddingMemory:
+    def _load(self, backbone: str, dim: int) -> tuple[EmbeddingMemory, int]:
+        """The whole memory for ``backbone`` and the highest row id in it."""
         def read(_attempt: int) -> list:
             with self.sessions() as session:
                 return MemoryEntryRepository(session).vectors(backbone)
@@ -391,9 +419,10 @@ class LearningService:
         rows = self.retry.run("load the memory", read, read_only=True)
         items = (
             MemoryItem(memory_key(sha1, user_id), label, vector_of(vector), None if scope == GLOBAL else user_id)
-            for sha1, user_id, label, vector, scope in rows
+            for _row_id, sha1, user_id, label, vector, scope in rows
             if len(vector) == 4 * dim
         )
-        return EmbeddingMemory.from_items(
+        memory = EmbeddingMemory.from_items(
             dim, items, match_threshold=self.rules.match_threshold, max_weight=self.rules.max_weight
         )
+        return memory, max((row[0] for row in rows), default=0)

@@ -538,10 +538,14 @@ class MemoryEntryRepository:
             .where(MemoryEntry.backbone == backbone)).one()
         return int(count), int(id_sum), int(global_sum)
 
-    def vectors(self, backbone: str) -> list[tuple[str, int, str, bytes, str]]:
-        """(sha1, user, label, vector bytes, scope) of every answer under ``backbone``, oldest first."""
-        query = (select(MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label, MemoryEntry.vector,
-                        MemoryEntry.scope).where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id))
+    def vectors(self, backbone: str, *, after_id: int = 0) -> list[tuple[int, str, int, str, bytes, str]]:
+        """(id, sha1, user, label, vector bytes, scope) of every answer under ``backbone`` with an id
+        over ``after_id``, oldest first."""
+        query = (select(MemoryEntry.id, MemoryEntry.image_sha1, MemoryEntry.user_id, MemoryEntry.label,
+                        MemoryEntry.vector, MemoryEntry.scope)
+                 .where(MemoryEntry.backbone == backbone).order_by(MemoryEntry.id))
+        if after_id:
+            query = query.where(MemoryEntry.id > after_id)
         return [tuple(row) for row in self.session.execute(query)]  # type: ignore[misc]
 
 
